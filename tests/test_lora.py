@@ -1,0 +1,78 @@
+"""LoRA through the shared matrix on three architectures, plus the behaviours the matrix does not cover."""
+import pytest, torch
+from peft_notes.core import AdapterLayer, PeftModel, get_peft_model
+from peft_notes.models import load_minilm, tiny_bert, tiny_gpt2, tiny_llama
+from peft_notes.reparam import LoraConfig
+from peft_notes.testing import check_method
+
+@pytest.mark.parametrize("make_model", [tiny_bert, tiny_llama, tiny_gpt2], ids=["bert", "llama", "gpt2"])
+@pytest.mark.parametrize("kw", [dict(r=4, alpha=8), dict(r=4, alpha=8, use_rslora=True, dropout=0.1), dict(r=2, target_modules="all-linear")],
+                         ids=["qv", "rslora-dropout", "all-linear"])
+def test_matrix_tiny(make_model, kw):
+    r = check_method(lambda: LoraConfig(**kw), make_model)
+    assert r["unmerge_weight_err"] <= 1e-6 and r["merge_max_diff"] < 1e-5 and r["loss_after"] < r["loss_before"]
+
+def test_matrix_minilm():
+    r = check_method(lambda: LoraConfig(r=8, alpha=16, modules_to_save=["classifier"]), lambda: load_minilm(5)[0], steps=8)
+    assert r["trainable"] == 6 * 2 * 8 * (384 + 384) + 384 * 5 + 5
+
+def test_bias_all_trains_and_saves_biases(tmp_path):
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2, bias="all"))
+    names = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert any(n.endswith("attention.self.query.base_layer.bias") for n in names)
+    assert any(n.endswith("LayerNorm.bias") for n in names)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if n.endswith("bias"): p.add_(0.1)
+    x = torch.randint(0, 99, (2, 5))
+    pm.save_adapter(tmp_path)
+    back = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    torch.testing.assert_close(back(x).logits, pm(x).logits, atol=0, rtol=0)
+
+def test_lora_only_bias_is_the_wrapped_layers_bias():
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2, bias="lora_only"))
+    names = {n for n, p in pm.named_parameters() if p.requires_grad and n.endswith("bias")}
+    assert names and all(".base_layer.bias" in n for n in names) and len(names) == 4  # q, v in 2 layers
+
+def test_unload_returns_the_original_modules():
+    base = tiny_llama(); q = base.model.layers[0].self_attn.q_proj
+    pm = get_peft_model(base, LoraConfig(r=2))
+    out = pm.unload()
+    assert out is base and out.model.layers[0].self_attn.q_proj is q
+    assert not any(isinstance(m, AdapterLayer) for m in out.modules())
+    assert all(p.requires_grad for p in out.parameters())  # as it was before wrapping
+
+def test_generate_passes_through():
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=2, init_lora_weights=False))
+    out = pm.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 7)
+    assert pm.config.model_type == "llama"
+
+def test_set_adapter_trains_only_the_active_adapter():
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2))
+    pm.add_adapter("b", LoraConfig(r=3))
+    assert {n.split(".")[-2] for n, p in pm.named_parameters() if p.requires_grad} == {"default"}
+    pm.set_adapter("b")
+    assert {n.split(".")[-2] for n, p in pm.named_parameters() if p.requires_grad} == {"b"}
+    pm.delete_adapter("b")
+    assert pm.active_adapter == "default"
+    assert not any("lora_A.b" in n for n, _ in pm.named_parameters())
+
+def test_disable_adapter_after_merge_is_the_base():
+    base = tiny_bert(); x = torch.randint(0, 99, (2, 6)); y0 = base(x).logits.detach()
+    pm = get_peft_model(base, LoraConfig(r=2, init_lora_weights=False))
+    pm.merge_adapter()
+    with pm.disable_adapter(): torch.testing.assert_close(pm(x).logits, y0, atol=1e-6, rtol=0)
+
+def test_safe_merge_refuses_nan():
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2))
+    with torch.no_grad(): pm.base_model.bert.encoder.layer[0].attention.self.query.lora_B["default"].weight.fill_(float("nan"))
+    w = pm.base_model.bert.encoder.layer[0].attention.self.query.base_layer.weight.clone()
+    with pytest.raises(ValueError, match="non-finite"): pm.merge_adapter(safe_merge=True)
+    assert torch.equal(pm.base_model.bert.encoder.layer[0].attention.self.query.base_layer.weight, w)
+
+def test_trainable_report_counts():
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=4, target_modules=["query"]))
+    rep = pm.trainable_report()
+    assert rep.trainable == 2 * 4 * (32 + 32) and rep.adapter_bytes == 4 * rep.trainable
+    assert 0 < rep.percent < 100 and "trainable%" in repr(rep)
