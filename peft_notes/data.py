@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['BBC_CLASSES', 'bbc_news_raw', 'load_bbc', 'data_dir', 'load_sst2', 'load_tiny_shakespeare', 'tokenize']
 
-# %% ../nbs/02_data.ipynb #5a409d30
+# %% ../nbs/02_data.ipynb #3b846d2b
 import os
 from importlib import resources
 from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
-# %% ../nbs/02_data.ipynb #17f573a1
+# %% ../nbs/02_data.ipynb #315c8b7a
 BBC_CLASSES = ["business", "entertainment", "politics", "sport", "tech"]
 _BBC_FOLDERS = {"sport": "sports"}  # the package names its folder "sports"
 
@@ -31,7 +31,7 @@ def bbc_news_raw()->Dataset:
     feats = datasets.Features({"text": datasets.Value("string"), "label": ClassLabel(names=BBC_CLASSES)})
     return Dataset.from_dict(rows, features=feats)
 
-# %% ../nbs/02_data.ipynb #3fe50cba
+# %% ../nbs/02_data.ipynb #e67f495d
 def load_bbc(test_size:float=0.2, # share of the test split
              seed:int=0, # fixed seed of the stratified split
              train_size:int=None, # keep only this many training articles (stratified)
@@ -42,7 +42,7 @@ def load_bbc(test_size:float=0.2, # share of the test split
         ds["train"] = ds["train"].train_test_split(train_size=train_size, seed=seed, stratify_by_column="label")["train"]
     return ds
 
-# %% ../nbs/02_data.ipynb #14747e7e
+# %% ../nbs/02_data.ipynb #5d8b08d6
 def data_dir()->Path|None:
     "The local data folder named by `PEFT_NOTES_DATA`, or None."
     d = os.environ.get("PEFT_NOTES_DATA")
@@ -60,7 +60,7 @@ def _local_or_hub(local_files:dict, hub:tuple, what:str, **kw):
         raise RuntimeError(f"{what}: PEFT_NOTES_DATA is not set and the hub copy {hub[0]!r} could not be loaded ({type(e).__name__}: {e}). "
                            f"Set PEFT_NOTES_DATA to a folder with {list(local_files.values())}.") from None
 
-# %% ../nbs/02_data.ipynb #abcab4be
+# %% ../nbs/02_data.ipynb #e34709e6
 def load_sst2()->DatasetDict:
     "SST-2: `train` (67,349) and `validation` (872) with `sentence` and `label` (negative/positive)."
     d, got = _local_or_hub({"train": "sst2/train.tsv", "validation": "sst2/dev.tsv"}, ("nyu-mll/glue", "sst2"), "SST-2")
@@ -76,7 +76,7 @@ def load_tiny_shakespeare()->DatasetDict:
     d, got = _local_or_hub({"train": "tinyshakespeare/input.txt"}, ("karpathy/tiny_shakespeare",), "tiny-shakespeare")
     return load_dataset("text", data_files=got) if d is not None else got
 
-# %% ../nbs/02_data.ipynb #66c8ce7c
+# %% ../nbs/02_data.ipynb #2a3ff3a7
 def tokenize(ds:DatasetDict, tokenizer, text_column:str="text", max_length:int=64)->DatasetDict:
     "Tokenise `text_column` to at most `max_length` tokens; keep `label`; torch format."
     def enc(b): return tokenizer(b[text_column], truncation=True, max_length=max_length)

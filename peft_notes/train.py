@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['make_loader', 'evaluate', 'History', 'fit']
 
-# %% ../nbs/03_train.ipynb #05ff2449
+# %% ../nbs/03_train.ipynb #e6604542
 import math, time
 from dataclasses import dataclass, field
 import torch
@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from transformers import DataCollatorWithPadding
 from tqdm.auto import tqdm
 
-# %% ../nbs/03_train.ipynb #bfb0dd5b
+# %% ../nbs/03_train.ipynb #26c891e4
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
     "A DataLoader that pads each batch of a tokenised dataset."
     g = torch.Generator().manual_seed(seed)
@@ -37,7 +37,7 @@ def evaluate(model:nn.Module, loader:DataLoader, accelerator:Accelerator=None)->
     model.train(was)
     return right / max(total, 1)
 
-# %% ../nbs/03_train.ipynb #f3d69341
+# %% ../nbs/03_train.ipynb #9e7b491d
 @dataclass
 class History:
     "What a run recorded: the loss per step, dev accuracy at eval points, seconds."
@@ -47,7 +47,7 @@ class History:
     @property
     def final_accuracy(self): return self.evals[-1][1] if self.evals else None
 
-# %% ../nbs/03_train.ipynb #6e2df1f7
+# %% ../nbs/03_train.ipynb #1a45c6c8
 def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what requires grad
         train_loader:DataLoader, eval_loader:DataLoader=None,
         epochs:float=1, # may be fractional
