@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CONVERTERS', 'HF_TYPES', 'lora_to_hf', 'lora_from_hf', 'to_hf_peft', 'from_hf_peft']
 
-# %% ../nbs/81_interop.ipynb #681220e3
+# %% ../nbs/81_interop.ipynb #d103f196
 import json
 from pathlib import Path
 from torch import nn
@@ -13,7 +13,7 @@ from .core import (CONFIG_NAME, WEIGHTS_NAME, PeftModel, _atomic_write, find_tar
                              read_safetensors, list_methods)
 from safetensors.torch import save_file
 
-# %% ../nbs/81_interop.ipynb #83af2192
+# %% ../nbs/81_interop.ipynb #e3da12b2
 def lora_to_hf(cfg, targets:list[str])->dict:
     "PEFT's adapter_config.json for our LoraConfig, with the resolved target module names."
     return {"peft_type": "LORA", "task_type": None, "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
@@ -22,7 +22,7 @@ def lora_to_hf(cfg, targets:list[str])->dict:
             "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
             "inference_mode": True, "base_model_name_or_path": cfg.base_model_name_or_path}
 
-# %% ../nbs/81_interop.ipynb #46ab8e8b
+# %% ../nbs/81_interop.ipynb #d022b34c
 _LORA_UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "lora_bias": False, "layer_replication": None,
                      "target_parameters": None, "trainable_token_indices": None, "use_qalora": False, "alora_invocation_tokens": None,
                      "use_bdlora": None}
@@ -43,11 +43,11 @@ def lora_from_hf(d:dict, keys:list[str]):
                       layers_to_transform=d.get("layers_to_transform"), layers_pattern=d.get("layers_pattern"),
                       modules_to_save=sorted(set(heads)) or None, base_model_name_or_path=d.get("base_model_name_or_path"))
 
-# %% ../nbs/81_interop.ipynb #8e36a320
+# %% ../nbs/81_interop.ipynb #b8bd1c07
 CONVERTERS = {"lora": (lora_to_hf, lora_from_hf)}  # our method name -> (to PEFT config, from PEFT config)
 HF_TYPES = {"LORA": "lora"}                       # PEFT's peft_type -> our method name
 
-# %% ../nbs/81_interop.ipynb #f8e93b9b
+# %% ../nbs/81_interop.ipynb #ef6377b0
 def to_hf_peft(model:PeftModel, # a PeftModel of ours
                save_directory, # folder to write, atomically
                adapter_name:str=None, # default: the active adapter
@@ -64,7 +64,7 @@ def to_hf_peft(model:PeftModel, # a PeftModel of ours
     _atomic_write({WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt"}),
                    CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(hf, indent=2, sort_keys=True))}, Path(save_directory))
 
-# %% ../nbs/81_interop.ipynb #e8a566a3
+# %% ../nbs/81_interop.ipynb #8394fe67
 def from_hf_peft(model:nn.Module, # the base model the PEFT adapter was trained on
                  model_id, # folder with PEFT's adapter_config.json + adapter_model.safetensors
                  adapter_name:str="default", is_trainable:bool=False)->PeftModel:

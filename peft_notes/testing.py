@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['default_inputs', 'check_method']
 
-# %% ../nbs/04_testing.ipynb #1b7194f8
+# %% ../nbs/04_testing.ipynb #8760540f
 import copy, tempfile
 from pathlib import Path
 import torch
 from torch import nn
 from .core import PeftModel, AdapterLayer, get_peft_model
 
-# %% ../nbs/04_testing.ipynb #aad32922
+# %% ../nbs/04_testing.ipynb #2df2c04d
 def default_inputs(model:nn.Module, batch:int=2, seq:int=10)->dict:
     "Random token ids (seeded) for a transformers text model."
     g = torch.Generator().manual_seed(1)
@@ -26,7 +26,7 @@ def _loss(model, inputs, labels):
     z = _logits(model(**inputs)).float()
     return nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), labels.reshape(-1))
 
-# %% ../nbs/04_testing.ipynb #57cc3643
+# %% ../nbs/04_testing.ipynb #d1468d48
 def _check_train(pm, inputs, steps, lr):
     "Train a few steps on a fixed batch; return (loss before, loss after)."
     z = _logits(pm(**inputs))
@@ -47,7 +47,7 @@ def _check_train(pm, inputs, steps, lr):
     assert after < before, f"training did not lower the loss: {before:.4f} -> {after:.4f}"
     return before, after
 
-# %% ../nbs/04_testing.ipynb #81eea0b2
+# %% ../nbs/04_testing.ipynb #8718a594
 def _check_merge(pm, inputs, out, atol):
     "merge -> same output; unmerge -> same weights; merge_and_unload -> plain model, same output."
     ws = {n: p.detach().clone() for n, p in pm.named_parameters() if not p.requires_grad}
@@ -62,7 +62,7 @@ def _check_merge(pm, inputs, out, atol):
     torch.testing.assert_close(_logits(plain(**inputs)), out, atol=atol, rtol=1e-4)
     return (merged - out).abs().max().item(), w_err
 
-# %% ../nbs/04_testing.ipynb #af05f483
+# %% ../nbs/04_testing.ipynb #a86ed0c5
 def _check_save_load(pm, make_model, inputs, out, seed):
     "Save, load into a fresh base: same output, frozen unless is_trainable."
     with tempfile.TemporaryDirectory() as d:
@@ -76,7 +76,7 @@ def _check_save_load(pm, make_model, inputs, out, seed):
         assert again.trainable_report().trainable == pm.trainable_report().trainable
         return sum(f.stat().st_size for f in Path(d).iterdir())
 
-# %% ../nbs/04_testing.ipynb #5a032edf
+# %% ../nbs/04_testing.ipynb #b32782ca
 def check_method(make_config, # () -> a fresh config of the method
                  make_model, # () -> a fresh base model; called under a fixed seed, so calls give equal models
                  make_inputs=default_inputs, # model -> forward kwargs
