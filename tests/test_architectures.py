@@ -1,0 +1,38 @@
+"""`get_peft_model(model, LoraConfig())` works with no target argument on the common architectures (as PEFT's defaults)."""
+import pytest, torch
+import transformers as T
+from peft_notes.core import AdapterLayer, get_peft_model
+from peft_notes.reparam import LoraConfig
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99, max_position_embeddings=64)
+ARCHS = {
+    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**SMALL)),
+    "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**SMALL, pad_token_id=1)),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64)),
+    "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**SMALL)),
+    "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**SMALL, num_key_value_heads=2)),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**SMALL, num_key_value_heads=2)),
+    "opt": lambda: T.OPTForCausalLM(T.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=37, vocab_size=99,
+                                                max_position_embeddings=64, word_embed_proj_dim=32)),
+    "vit": lambda: T.ViTForImageClassification(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                                                           image_size=16, patch_size=4, num_labels=3)),
+    "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=99)),
+}
+
+def _inputs(name):
+    if name == "vit": return {"pixel_values": torch.randn(2, 3, 16, 16)}
+    ids = torch.randint(2, 99, (2, 7))
+    return {"input_ids": ids, "decoder_input_ids": ids} if name == "t5" else {"input_ids": ids}
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_default_targets(name):
+    torch.manual_seed(0); base = ARCHS[name]().eval()
+    x = _inputs(name)
+    with torch.no_grad(): y0 = base(**x).logits.clone()
+    pm = get_peft_model(base, LoraConfig(r=2, init_lora_weights=False))
+    wrapped = [n for n, m in pm.base_model.named_modules() if isinstance(m, AdapterLayer)]
+    assert len(wrapped) >= 2 * (2 if name != "gpt2" else 1), wrapped
+    with torch.no_grad():
+        y = pm(**x).logits
+        assert not torch.allclose(y, y0)            # the adapters are in the computation
+        with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
