@@ -8,20 +8,20 @@ __all__ = ['METHODS', 'LAYER_PATTERNS', 'QV_TARGETS', 'HEAD_NAMES', 'CONFIG_NAME
            'AdapterLayer', 'ModulesToSave', 'PeftModel', 'get_peft_model', 'TrainableReport', 'read_safetensors',
            'read_config']
 
-# %% ../nbs/00_core.ipynb #5d353495
+# %% ../nbs/00_core.ipynb #7ee14e8c
 def full_finetune_bytes(n_params:int, # parameters that train
                         bytes_per_param:int=16, # fp16 weight+grad, fp32 master, Adam m and v
                        )->int:
     "Bytes of weights, gradients and Adam state to fine-tune `n_params` with mixed-precision AdamW."
     return n_params * bytes_per_param
 
-# %% ../nbs/00_core.ipynb #f97e31c8
+# %% ../nbs/00_core.ipynb #17ddbf4a
 def lora_params(d_in:int, d_out:int, r:int)->int:
     "Trainable parameters of a rank-`r` LoRA update of one `d_in`→`d_out` matrix: A is r×d_in, B is d_out×r."
     return r * (d_in + d_out)
 
-# %% ../nbs/00_core.ipynb #50c93b91
-import copy, json, math, os, pkgutil, re, tempfile, types, typing, warnings, importlib
+# %% ../nbs/00_core.ipynb #66750ea7
+import copy, importlib, inspect, json, math, os, pkgutil, re, tempfile, types, typing, warnings
 from contextlib import contextmanager
 from fastcore.basics import patch
 from dataclasses import dataclass, field, fields, asdict
@@ -33,7 +33,7 @@ from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-# %% ../nbs/00_core.ipynb #f74e1231
+# %% ../nbs/00_core.ipynb #254c5c40
 def _type_ok(v, tp)->bool:
     "Does value `v` fit the annotation `tp` (Optional, Union, Literal, list[...], dict[...], plain types)?"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -47,7 +47,7 @@ def _type_ok(v, tp)->bool:
     if tp is int: return isinstance(v, int) and not isinstance(v, bool)
     return isinstance(v, tp)
 
-# %% ../nbs/00_core.ipynb #e937c67b
+# %% ../nbs/00_core.ipynb #17e5a78e
 @dataclass
 class PeftConfig:
     "Base config of every method: which modules to adapt, which to train in full, and a JSON round trip."
@@ -76,12 +76,12 @@ class PeftConfig:
         if isinstance(self.target_modules, (list, tuple)) and not self.target_modules:
             raise ValueError("target_modules is an empty list: name at least one module, or leave it None for the defaults")
 
-# %% ../nbs/00_core.ipynb #0083a1ed
+# %% ../nbs/00_core.ipynb #5cc16cf9
 def _type_name(tp)->str:
     "A readable name for a type annotation."
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
-# %% ../nbs/00_core.ipynb #d696b9ed
+# %% ../nbs/00_core.ipynb #fcdb9a8e
 @patch
 def to_dict(self:PeftConfig)->dict:
     "The config as a JSON-ready dict, with its registry name."
@@ -99,7 +99,7 @@ def from_dict(cls:PeftConfig, d:dict)->PeftConfig:
     if unknown: raise ValueError(f"unknown field(s) {unknown} for method {name!r}; it has {sorted(known)}")
     return cls(**d)
 
-# %% ../nbs/00_core.ipynb #d1b254d6
+# %% ../nbs/00_core.ipynb #13732a5e
 @patch
 def to_json(self:PeftConfig, path=None)->str:
     "The config as JSON text; written to `path` too when given."
@@ -114,7 +114,7 @@ def from_json(cls:PeftConfig, s:str)->PeftConfig:
     except json.JSONDecodeError as e: raise ValueError(f"adapter config is not valid JSON: {e}") from None
     return PeftConfig.from_dict(d)
 
-# %% ../nbs/00_core.ipynb #01465c0a
+# %% ../nbs/00_core.ipynb #2a374786
 METHODS: dict[str, type] = {}
 
 def register_method(name:str): # the registry name, e.g. "lora"
@@ -129,7 +129,7 @@ def register_method(name:str): # the registry name, e.g. "lora"
         return cls
     return _register
 
-# %% ../nbs/00_core.ipynb #ae4f1b69
+# %% ../nbs/00_core.ipynb #7f2b341c
 _NOT_FAMILIES = {"core", "testing", "models", "data", "train", "cli", "interop", "_modidx", "bench"}
 
 def list_methods()->dict[str, type]:
@@ -139,14 +139,14 @@ def list_methods()->dict[str, type]:
         if m.name not in _NOT_FAMILIES and not m.name.startswith("_"): importlib.import_module(f"peft_notes.{m.name}")
     return dict(sorted(METHODS.items()))
 
-# %% ../nbs/00_core.ipynb #00abc00b
+# %% ../nbs/00_core.ipynb #e1d2a67e
 def match_name(name:str, spec)->bool:
     "Does module `name` match `spec` (full-match regex string, or list of exact names / dotted suffixes)?"
     if spec is None: return False
     if isinstance(spec, str): return re.fullmatch(spec, name) is not None
     return any(name == t or name.endswith("." + t) for t in spec)
 
-# %% ../nbs/00_core.ipynb #d181cd83
+# %% ../nbs/00_core.ipynb #d28a82a3
 LAYER_PATTERNS = ("layer", "layers", "h", "block", "blocks")
 
 def layer_index(name:str, patterns=None)->Optional[int]:
@@ -155,7 +155,7 @@ def layer_index(name:str, patterns=None)->Optional[int]:
     m = re.search(rf"(?:^|\.)(?:{'|'.join(map(re.escape, pats))})\.(\d+)(?:\.|$)", name)
     return int(m.group(1)) if m else None
 
-# %% ../nbs/00_core.ipynb #b391a5de
+# %% ../nbs/00_core.ipynb #a84865ab
 QV_TARGETS = { # the attention query and value projections, by `config.model_type` (LoRA's paper default);
                # ViT lists both spellings: transformers 5 renamed its `query`/`value` to `q_proj`/`v_proj`
     "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"], "electra": ["query", "value"],
@@ -166,7 +166,7 @@ QV_TARGETS = { # the attention query and value projections, by `config.model_typ
     "opt": ["q_proj", "v_proj"], "gptj": ["q_proj", "v_proj"], "bart": ["q_proj", "v_proj"], "t5": ["q", "v"], "mt5": ["q", "v"],
 }
 
-# %% ../nbs/00_core.ipynb #85ed882b
+# %% ../nbs/00_core.ipynb #85d33a82
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "head", "pre_classifier")
 
 def _head_names(model:nn.Module)->set:
@@ -178,7 +178,7 @@ def _head_names(model:nn.Module)->set:
         if (emb is not None and m is emb) or n.split(".")[0] in HEAD_NAMES: out.add(n)
     return out
 
-# %% ../nbs/00_core.ipynb #6fb00891
+# %% ../nbs/00_core.ipynb #0fb11f00
 def _candidate_modules(model:nn.Module):
     "(name, module) pairs, not descending into adapter layers (their insides are not targets)."
     def walk(m, prefix):
@@ -200,7 +200,7 @@ def _short_list(names, n=12)->str:
     names = list(names)
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
-# %% ../nbs/00_core.ipynb #973c2153
+# %% ../nbs/00_core.ipynb #84c9ac60
 def find_targets(model:nn.Module, # the model to search (without a PeftModel wrapper)
                  cfg:PeftConfig, # `target_modules`, `exclude_modules`, `layers_to_transform`
                  types_ok:tuple=None, # module types the method can wrap; default: `cfg.layer_cls.wraps`
@@ -236,7 +236,7 @@ def find_targets(model:nn.Module, # the model to search (without a PeftModel wra
                         f"it wraps {', '.join(t.__name__ for t in types_ok)}. Name the layers inside it instead.")
     return hits
 
-# %% ../nbs/00_core.ipynb #c87dded8
+# %% ../nbs/00_core.ipynb #9995bc07
 class AdapterLayer(nn.Module):
     "Wraps `base_layer`; holds named adapters and combines the active ones with its output."
     adapter_layer_names: tuple = () # attributes (ModuleDict/ParameterDict) that hold per-adapter weights
@@ -271,7 +271,7 @@ class AdapterLayer(nn.Module):
         for name in self.active_adapters: result = self.combine(x, result, name)
         return result
 
-# %% ../nbs/00_core.ipynb #16dcf27d
+# %% ../nbs/00_core.ipynb #8c847005
 @patch
 def set_active(self:AdapterLayer, names:list):
     "Make `names` (those this layer holds) the active adapters."
@@ -298,7 +298,7 @@ def adapter_params(self:AdapterLayer, name:str)->dict:
         else: out.update({f"{attr}.{k}": t for k, t in v.state_dict(keep_vars=True).items()})
     return out
 
-# %% ../nbs/00_core.ipynb #dffac4c9
+# %% ../nbs/00_core.ipynb #45dd1e49
 @patch
 def merge(self:AdapterLayer, adapter_names:list=None, safe_merge:bool=False):
     "Fold the given (default: active) adapters into the base weight."
@@ -318,7 +318,7 @@ def unmerge(self:AdapterLayer):
     while self.merged_adapters:
         w.data -= self.get_delta_weight(self.merged_adapters.pop()).to(w.dtype)
 
-# %% ../nbs/00_core.ipynb #a2f38c74
+# %% ../nbs/00_core.ipynb #46aad28c
 class ModulesToSave(AdapterLayer):
     "A module trained in full: one trainable copy per adapter; the original is kept for the disabled path."
     adapter_layer_names = ("modules_to_save",)
@@ -337,7 +337,7 @@ class ModulesToSave(AdapterLayer):
         "The copy's tensors, saved under the module's own names, as PEFT saves them."
         return dict(self.modules_to_save[name].state_dict(keep_vars=True)) if name in self.modules_to_save else {}
 
-# %% ../nbs/00_core.ipynb #ad84a989
+# %% ../nbs/00_core.ipynb #1b48214d
 def _parent(model:nn.Module, name:str):
     "The parent module of `name` and the attribute it sits under."
     parent, _, child = name.rpartition(".")
@@ -347,7 +347,7 @@ def _replace(model:nn.Module, name:str, new:nn.Module):
     parent, child = _parent(model, name)
     setattr(parent, child, new)
 
-# %% ../nbs/00_core.ipynb #a756a329
+# %% ../nbs/00_core.ipynb #35219a97
 class PeftModel(nn.Module):
     "A model with named adapters injected into it; the base is frozen."
     def __init__(self, model:nn.Module, config:PeftConfig, adapter_name:str="default"):
@@ -362,6 +362,7 @@ class PeftModel(nn.Module):
             self.set_adapter(adapter_name)
         except Exception:
             self._restore_requires_grad(); raise
+        _mirror_forward_signature(self)
 
     def forward(self, *args, **kwargs): return self.base_model(*args, **kwargs)
     def generate(self, *args, **kwargs): return self.base_model.generate(*args, **kwargs)
@@ -373,7 +374,16 @@ class PeftModel(nn.Module):
             if name == "base_model": raise
             return getattr(self.base_model, name)
 
-# %% ../nbs/00_core.ipynb #d88dd190
+# %% ../nbs/00_core.ipynb #b1537afa
+def _mirror_forward_signature(pm:nn.Module):
+    "Give `pm` a bound `forward` whose signature is its base model's, for tools that inspect it."
+    sig = inspect.signature(pm.base_model.forward)
+    def forward(self, *args, **kwargs): return self.base_model(*args, **kwargs)
+    forward.__signature__ = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values()])
+    forward.__doc__ = type(pm).forward.__doc__
+    object.__setattr__(pm, "forward", types.MethodType(forward, pm))  # deepcopy rebinds it to the copy
+
+# %% ../nbs/00_core.ipynb #64e29f21
 def get_peft_model(model:nn.Module, # a transformers (or any torch) model
                    config:PeftConfig, # a registered method's config
                    adapter_name:str="default", # the name of this first adapter
@@ -382,7 +392,7 @@ def get_peft_model(model:nn.Module, # a transformers (or any torch) model
     if isinstance(model, PeftModel): raise TypeError("model is already a PeftModel: use model.add_adapter(name, config)")
     return PeftModel(model, config, adapter_name)
 
-# %% ../nbs/00_core.ipynb #804e84bd
+# %% ../nbs/00_core.ipynb #1ef118bf
 @patch
 def _layers(self:PeftModel):
     "(name, layer) of every AdapterLayer in the model."
@@ -407,7 +417,7 @@ def _inject(self:PeftModel, name:str, cfg:PeftConfig):
             if not isinstance(m, ModulesToSave): m = ModulesToSave(m); _replace(self.base_model, h, m)
             m.update_layer(name)
 
-# %% ../nbs/00_core.ipynb #582ce1c6
+# %% ../nbs/00_core.ipynb #7ea3fd60
 @patch
 def _remove_adapter_modules(self:PeftModel, name:str):
     "Delete adapter `name` from every layer; unwrap layers left without adapters."
@@ -436,7 +446,7 @@ def add_adapter(self:PeftModel, adapter_name:str, config:PeftConfig):
     self.peft_config[adapter_name] = config
     self._mark_trainable()
 
-# %% ../nbs/00_core.ipynb #5610d6bd
+# %% ../nbs/00_core.ipynb #4d5fcd5e
 @patch
 def _base_params_to_train(self:PeftModel, name:str)->list[str]:
     fn = getattr(self.peft_config[name], "base_params_to_train", None)
@@ -463,7 +473,7 @@ def set_adapter(self:PeftModel, adapter_name:str):
     self.active_adapter = adapter_name
     self._mark_trainable()
 
-# %% ../nbs/00_core.ipynb #2b2ea36a
+# %% ../nbs/00_core.ipynb #417f3fd6
 @patch
 def _adapter_tensors(self:PeftModel, name:str)->dict:
     "Every tensor of adapter `name`, keyed as saved: `base_model.model.<module>.<tensor>` (PEFT's layout)."
@@ -474,7 +484,7 @@ def _adapter_tensors(self:PeftModel, name:str)->dict:
     for n in self._base_params_to_train(name): out[f"base_model.model.{n}"] = params[n]
     return out
 
-# %% ../nbs/00_core.ipynb #3ac7907d
+# %% ../nbs/00_core.ipynb #888f0db9
 @dataclass
 class TrainableReport:
     "How many parameters train, of how many, and the adapter's size on disk."
@@ -497,7 +507,7 @@ def trainable_report(self:PeftModel)->TrainableReport:
 @patch
 def print_trainable_parameters(self:PeftModel): print(self.trainable_report())
 
-# %% ../nbs/00_core.ipynb #bbcc26f5
+# %% ../nbs/00_core.ipynb #4056e8ea
 @patch
 def delete_adapter(self:PeftModel, adapter_name:str):
     "Remove `adapter_name`; if it was active, the first remaining adapter becomes active."
@@ -518,7 +528,7 @@ def disable_adapter(self:PeftModel):
     finally:
         for l in layers: l.disabled = False
 
-# %% ../nbs/00_core.ipynb #4a9fdf32
+# %% ../nbs/00_core.ipynb #70680534
 @patch
 def _check_mergeable(self:PeftModel, names):
     for n in names:
@@ -540,7 +550,7 @@ def unmerge_adapter(self:PeftModel):
     "Undo every merge: base weights as they were."
     for _, l in self._layers(): l.unmerge()
 
-# %% ../nbs/00_core.ipynb #df97fde7
+# %% ../nbs/00_core.ipynb #851da3fa
 @patch
 def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->nn.Module:
     if merge: self.merge_adapter(adapter_names, safe_merge=safe_merge)
@@ -564,7 +574,7 @@ def unload(self:PeftModel)->nn.Module:
     for _, l in self._layers(): l.unmerge()
     return self._unwrap(False)
 
-# %% ../nbs/00_core.ipynb #4b5354dd
+# %% ../nbs/00_core.ipynb #83e265b2
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 
 def _atomic_write(files:dict, folder:Path):
@@ -581,7 +591,7 @@ def _atomic_write(files:dict, folder:Path):
         for tmp in tmps.values():
             if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/00_core.ipynb #f9bf225c
+# %% ../nbs/00_core.ipynb #6b5566c9
 @patch
 def save_adapter(self:PeftModel, save_directory, # folder to write (created if missing)
                  adapter_name:str=None, # default: the active adapter
@@ -597,7 +607,7 @@ def save_adapter(self:PeftModel, save_directory, # folder to write (created if m
 
 PeftModel.save_pretrained = PeftModel.save_adapter  # the name PEFT and transformers users reach for
 
-# %% ../nbs/00_core.ipynb #9831035d
+# %% ../nbs/00_core.ipynb #a048b015
 def read_safetensors(path)->dict:
     "Read tensors from a safetensors file (never pickle); a clear error when it is missing, truncated or corrupt."
     path = Path(path)
@@ -613,7 +623,7 @@ def read_config(folder)->PeftConfig:
     if not p.is_file(): raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
     return PeftConfig.from_json(p.read_text())
 
-# %% ../nbs/00_core.ipynb #a6d683ce
+# %% ../nbs/00_core.ipynb #06e6a3f8
 @patch
 def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     "Copy `tensors` into adapter `name` after checking every key and shape; nothing is copied on a mismatch."
@@ -630,7 +640,7 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     with torch.no_grad():
         for k, t in want.items(): t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
 
-# %% ../nbs/00_core.ipynb #19432595
+# %% ../nbs/00_core.ipynb #cd9bd623
 @patch(cls_method=True)
 def from_pretrained(cls:PeftModel, model:nn.Module, # the base model the adapter was trained on
                     model_id, # folder with adapter_config.json + adapter_model.safetensors
@@ -654,7 +664,7 @@ def from_tensors(cls:PeftModel, model:nn.Module, config:PeftConfig, tensors:dict
     if not is_trainable: pm.eval()
     return pm
 
-# %% ../nbs/00_core.ipynb #44f922d4
+# %% ../nbs/00_core.ipynb #6cdc694f
 @patch
 def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=False):
     "Load a saved adapter as a further adapter `adapter_name` (not made active)."

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LoraLayer', 'init_lora', 'LoraConfig']
 
-# %% ../nbs/10_lora.ipynb #07eff401
+# %% ../nbs/10_lora.ipynb #55128ebe
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional, Union
@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from .core import AdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, register_method
 
-# %% ../nbs/10_lora.ipynb #af8ace28
+# %% ../nbs/10_lora.ipynb #68ca3ae0
 class LoraLayer(AdapterLayer):
     "A frozen `Linear`/`Conv1D` plus, per adapter, a low-rank update `B A x · α/r`."
     adapter_layer_names = ("lora_A", "lora_B")
@@ -48,7 +48,7 @@ class LoraLayer(AdapterLayer):
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (d_out, d_in)
         return delta.T if self.fan_in_fan_out else delta
 
-# %% ../nbs/10_lora.ipynb #44037bf7
+# %% ../nbs/10_lora.ipynb #e8841c4d
 def init_lora(A:torch.Tensor, # (r, d_in)
               B:torch.Tensor, # (d_out, r)
               how:Union[bool, str]=True, # True: nn.Linear's default for A, B = 0; "gaussian": A ~ N(0, 1/r), B = 0; False: B random too
@@ -60,7 +60,7 @@ def init_lora(A:torch.Tensor, # (r, d_in)
         if how is False: nn.init.kaiming_uniform_(B, a=math.sqrt(5))  # not a no-op at init: for debugging only
         else: nn.init.zeros_(B)
 
-# %% ../nbs/10_lora.ipynb #5674814c
+# %% ../nbs/10_lora.ipynb #761e7596
 @register_method("lora")
 @dataclass
 class LoraConfig(PeftConfig):
@@ -82,7 +82,7 @@ class LoraConfig(PeftConfig):
         if self.init_lora_weights not in (True, False, "gaussian"):
             raise ValueError(f"LoraConfig.init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
 
-# %% ../nbs/10_lora.ipynb #fadf2c2e
+# %% ../nbs/10_lora.ipynb #233a6685
 @patch
 def base_params_to_train(self:LoraConfig, model:nn.Module)->list[str]:
     "Names of the existing biases that train with `bias='all'` or `'lora_only'`."

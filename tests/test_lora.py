@@ -76,3 +76,24 @@ def test_trainable_report_counts():
     rep = pm.trainable_report()
     assert rep.trainable == 2 * 4 * (32 + 32) and rep.adapter_bytes == 4 * rep.trainable
     assert 0 < rep.percent < 100 and "trainable%" in repr(rep)
+
+def test_trains_under_transformers_trainer(tmp_path):
+    import datasets
+    from transformers import Trainer, TrainingArguments
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=4, modules_to_save=["classifier"]))
+    g = torch.Generator().manual_seed(0)
+    ds = datasets.Dataset.from_dict({"input_ids": torch.randint(0, 99, (64, 8), generator=g).tolist(),
+                                     "labels": torch.randint(0, 2, (64,), generator=g).tolist()})
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=16, learning_rate=1e-2,
+                             report_to=[], use_cpu=True, save_strategy="no", logging_steps=1)
+    Trainer(model=pm, args=args, train_dataset=ds).train()  # keeps input_ids/labels: PeftModel.forward shows the base signature
+    changed = {n for n, p in pm.named_parameters() if not torch.equal(p, before[n])}
+    adapter = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert changed and changed <= adapter
+
+def test_deepcopy_rebinds_forward():
+    import copy, inspect
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2))
+    c = copy.deepcopy(pm)
+    assert c.forward.__self__ is c and "input_ids" in inspect.signature(c.forward).parameters
