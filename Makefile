@@ -19,7 +19,7 @@ all: test
 venv: .venv/.installed
 
 demo: .venv/.installed
-	.venv/bin/peft-notes demo
+	.venv/bin/peft-notes demo --out runs/demo
 
 test: .venv/.installed
 	$(PY) -m pytest -n 2 -q tests

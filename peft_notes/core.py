@@ -8,19 +8,19 @@ __all__ = ['METHODS', 'LAYER_PATTERNS', 'QV_TARGETS', 'HEAD_NAMES', 'CONFIG_NAME
            'AdapterLayer', 'ModulesToSave', 'PeftModel', 'get_peft_model', 'TrainableReport', 'read_safetensors',
            'read_config']
 
-# %% ../nbs/00_core.ipynb #7ee14e8c
+# %% ../nbs/00_core.ipynb #5d96e7de
 def full_finetune_bytes(n_params:int, # parameters that train
                         bytes_per_param:int=16, # fp16 weight+grad, fp32 master, Adam m and v
                        )->int:
     "Bytes of weights, gradients and Adam state to fine-tune `n_params` with mixed-precision AdamW."
     return n_params * bytes_per_param
 
-# %% ../nbs/00_core.ipynb #17ddbf4a
+# %% ../nbs/00_core.ipynb #b86016eb
 def lora_params(d_in:int, d_out:int, r:int)->int:
     "Trainable parameters of a rank-`r` LoRA update of one `d_in`→`d_out` matrix: A is r×d_in, B is d_out×r."
     return r * (d_in + d_out)
 
-# %% ../nbs/00_core.ipynb #66750ea7
+# %% ../nbs/00_core.ipynb #dc296c5f
 import copy, importlib, inspect, json, math, os, pkgutil, re, tempfile, types, typing, warnings
 from contextlib import contextmanager
 from fastcore.basics import patch
@@ -33,7 +33,7 @@ from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-# %% ../nbs/00_core.ipynb #254c5c40
+# %% ../nbs/00_core.ipynb #4a5f2cf1
 def _type_ok(v, tp)->bool:
     "Does value `v` fit the annotation `tp` (Optional, Union, Literal, list[...], dict[...], plain types)?"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -47,7 +47,7 @@ def _type_ok(v, tp)->bool:
     if tp is int: return isinstance(v, int) and not isinstance(v, bool)
     return isinstance(v, tp)
 
-# %% ../nbs/00_core.ipynb #17e5a78e
+# %% ../nbs/00_core.ipynb #7c51c440
 @dataclass
 class PeftConfig:
     "Base config of every method: which modules to adapt, which to train in full, and a JSON round trip."
@@ -76,12 +76,12 @@ class PeftConfig:
         if isinstance(self.target_modules, (list, tuple)) and not self.target_modules:
             raise ValueError("target_modules is an empty list: name at least one module, or leave it None for the defaults")
 
-# %% ../nbs/00_core.ipynb #5cc16cf9
+# %% ../nbs/00_core.ipynb #1bdb12c6
 def _type_name(tp)->str:
     "A readable name for a type annotation."
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
-# %% ../nbs/00_core.ipynb #fcdb9a8e
+# %% ../nbs/00_core.ipynb #40fd24ef
 @patch
 def to_dict(self:PeftConfig)->dict:
     "The config as a JSON-ready dict, with its registry name."
@@ -92,14 +92,14 @@ def from_dict(cls:PeftConfig, d:dict)->PeftConfig:
     "Build the registered config named by `d['method']`; unknown methods, fields or wrong types raise."
     if not isinstance(d, dict): raise TypeError(f"an adapter config must be a JSON object, got {type(d).__name__}")
     d = dict(d); name = d.pop("method", None)
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} in adapter config; registered methods: {sorted(list_methods())}")
+    if name not in METHODS and name not in list_methods():  # list_methods imports the families first
+        raise ValueError(f"unknown method {name!r} in adapter config; registered methods: {sorted(METHODS)}")
     cls = METHODS[name]; known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown: raise ValueError(f"unknown field(s) {unknown} for method {name!r}; it has {sorted(known)}")
     return cls(**d)
 
-# %% ../nbs/00_core.ipynb #13732a5e
+# %% ../nbs/00_core.ipynb #fe42ed73
 @patch
 def to_json(self:PeftConfig, path=None)->str:
     "The config as JSON text; written to `path` too when given."
@@ -114,7 +114,7 @@ def from_json(cls:PeftConfig, s:str)->PeftConfig:
     except json.JSONDecodeError as e: raise ValueError(f"adapter config is not valid JSON: {e}") from None
     return PeftConfig.from_dict(d)
 
-# %% ../nbs/00_core.ipynb #2a374786
+# %% ../nbs/00_core.ipynb #872433a4
 METHODS: dict[str, type] = {}
 
 def register_method(name:str): # the registry name, e.g. "lora"
@@ -129,7 +129,7 @@ def register_method(name:str): # the registry name, e.g. "lora"
         return cls
     return _register
 
-# %% ../nbs/00_core.ipynb #7f2b341c
+# %% ../nbs/00_core.ipynb #c94b4b9c
 _NOT_FAMILIES = {"core", "testing", "models", "data", "train", "cli", "interop", "_modidx", "bench"}
 
 def list_methods()->dict[str, type]:
@@ -139,14 +139,14 @@ def list_methods()->dict[str, type]:
         if m.name not in _NOT_FAMILIES and not m.name.startswith("_"): importlib.import_module(f"peft_notes.{m.name}")
     return dict(sorted(METHODS.items()))
 
-# %% ../nbs/00_core.ipynb #e1d2a67e
+# %% ../nbs/00_core.ipynb #f5707cb7
 def match_name(name:str, spec)->bool:
     "Does module `name` match `spec` (full-match regex string, or list of exact names / dotted suffixes)?"
     if spec is None: return False
     if isinstance(spec, str): return re.fullmatch(spec, name) is not None
     return any(name == t or name.endswith("." + t) for t in spec)
 
-# %% ../nbs/00_core.ipynb #d28a82a3
+# %% ../nbs/00_core.ipynb #0d9fbba6
 LAYER_PATTERNS = ("layer", "layers", "h", "block", "blocks")
 
 def layer_index(name:str, patterns=None)->Optional[int]:
@@ -155,7 +155,7 @@ def layer_index(name:str, patterns=None)->Optional[int]:
     m = re.search(rf"(?:^|\.)(?:{'|'.join(map(re.escape, pats))})\.(\d+)(?:\.|$)", name)
     return int(m.group(1)) if m else None
 
-# %% ../nbs/00_core.ipynb #a84865ab
+# %% ../nbs/00_core.ipynb #ecaec927
 QV_TARGETS = { # the attention query and value projections, by `config.model_type` (LoRA's paper default);
                # ViT lists both spellings: transformers 5 renamed its `query`/`value` to `q_proj`/`v_proj`
     "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"], "electra": ["query", "value"],
@@ -166,7 +166,7 @@ QV_TARGETS = { # the attention query and value projections, by `config.model_typ
     "opt": ["q_proj", "v_proj"], "gptj": ["q_proj", "v_proj"], "bart": ["q_proj", "v_proj"], "t5": ["q", "v"], "mt5": ["q", "v"],
 }
 
-# %% ../nbs/00_core.ipynb #85d33a82
+# %% ../nbs/00_core.ipynb #e36c4479
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "head", "pre_classifier")
 
 def _head_names(model:nn.Module)->set:
@@ -178,7 +178,7 @@ def _head_names(model:nn.Module)->set:
         if (emb is not None and m is emb) or n.split(".")[0] in HEAD_NAMES: out.add(n)
     return out
 
-# %% ../nbs/00_core.ipynb #0fb11f00
+# %% ../nbs/00_core.ipynb #f7a9883e
 def _candidate_modules(model:nn.Module):
     "(name, module) pairs, not descending into adapter layers (their insides are not targets)."
     def walk(m, prefix):
@@ -200,7 +200,7 @@ def _short_list(names, n=12)->str:
     names = list(names)
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
-# %% ../nbs/00_core.ipynb #84c9ac60
+# %% ../nbs/00_core.ipynb #2184dca2
 def find_targets(model:nn.Module, # the model to search (without a PeftModel wrapper)
                  cfg:PeftConfig, # `target_modules`, `exclude_modules`, `layers_to_transform`
                  types_ok:tuple=None, # module types the method can wrap; default: `cfg.layer_cls.wraps`
@@ -236,7 +236,7 @@ def find_targets(model:nn.Module, # the model to search (without a PeftModel wra
                         f"it wraps {', '.join(t.__name__ for t in types_ok)}. Name the layers inside it instead.")
     return hits
 
-# %% ../nbs/00_core.ipynb #9995bc07
+# %% ../nbs/00_core.ipynb #f46c8260
 class AdapterLayer(nn.Module):
     "Wraps `base_layer`; holds named adapters and combines the active ones with its output."
     adapter_layer_names: tuple = () # attributes (ModuleDict/ParameterDict) that hold per-adapter weights
@@ -271,7 +271,7 @@ class AdapterLayer(nn.Module):
         for name in self.active_adapters: result = self.combine(x, result, name)
         return result
 
-# %% ../nbs/00_core.ipynb #8c847005
+# %% ../nbs/00_core.ipynb #b01c519b
 @patch
 def set_active(self:AdapterLayer, names:list):
     "Make `names` (those this layer holds) the active adapters."
@@ -298,7 +298,7 @@ def adapter_params(self:AdapterLayer, name:str)->dict:
         else: out.update({f"{attr}.{k}": t for k, t in v.state_dict(keep_vars=True).items()})
     return out
 
-# %% ../nbs/00_core.ipynb #45dd1e49
+# %% ../nbs/00_core.ipynb #a2574b1d
 @patch
 def merge(self:AdapterLayer, adapter_names:list=None, safe_merge:bool=False):
     "Fold the given (default: active) adapters into the base weight."
@@ -318,7 +318,7 @@ def unmerge(self:AdapterLayer):
     while self.merged_adapters:
         w.data -= self.get_delta_weight(self.merged_adapters.pop()).to(w.dtype)
 
-# %% ../nbs/00_core.ipynb #46aad28c
+# %% ../nbs/00_core.ipynb #19621768
 class ModulesToSave(AdapterLayer):
     "A module trained in full: one trainable copy per adapter; the original is kept for the disabled path."
     adapter_layer_names = ("modules_to_save",)
@@ -337,7 +337,7 @@ class ModulesToSave(AdapterLayer):
         "The copy's tensors, saved under the module's own names, as PEFT saves them."
         return dict(self.modules_to_save[name].state_dict(keep_vars=True)) if name in self.modules_to_save else {}
 
-# %% ../nbs/00_core.ipynb #1b48214d
+# %% ../nbs/00_core.ipynb #e6202880
 def _parent(model:nn.Module, name:str):
     "The parent module of `name` and the attribute it sits under."
     parent, _, child = name.rpartition(".")
@@ -347,7 +347,7 @@ def _replace(model:nn.Module, name:str, new:nn.Module):
     parent, child = _parent(model, name)
     setattr(parent, child, new)
 
-# %% ../nbs/00_core.ipynb #35219a97
+# %% ../nbs/00_core.ipynb #2b3cd8a5
 class PeftModel(nn.Module):
     "A model with named adapters injected into it; the base is frozen."
     def __init__(self, model:nn.Module, config:PeftConfig, adapter_name:str="default"):
@@ -374,7 +374,7 @@ class PeftModel(nn.Module):
             if name == "base_model": raise
             return getattr(self.base_model, name)
 
-# %% ../nbs/00_core.ipynb #b1537afa
+# %% ../nbs/00_core.ipynb #c85b086c
 def _mirror_forward_signature(pm:nn.Module):
     "Give `pm` a bound `forward` whose signature is its base model's, for tools that inspect it."
     sig = inspect.signature(pm.base_model.forward)
@@ -383,7 +383,7 @@ def _mirror_forward_signature(pm:nn.Module):
     forward.__doc__ = type(pm).forward.__doc__
     object.__setattr__(pm, "forward", types.MethodType(forward, pm))  # deepcopy rebinds it to the copy
 
-# %% ../nbs/00_core.ipynb #64e29f21
+# %% ../nbs/00_core.ipynb #9ef913f4
 def get_peft_model(model:nn.Module, # a transformers (or any torch) model
                    config:PeftConfig, # a registered method's config
                    adapter_name:str="default", # the name of this first adapter
@@ -392,7 +392,7 @@ def get_peft_model(model:nn.Module, # a transformers (or any torch) model
     if isinstance(model, PeftModel): raise TypeError("model is already a PeftModel: use model.add_adapter(name, config)")
     return PeftModel(model, config, adapter_name)
 
-# %% ../nbs/00_core.ipynb #1ef118bf
+# %% ../nbs/00_core.ipynb #b956091a
 @patch
 def _layers(self:PeftModel):
     "(name, layer) of every AdapterLayer in the model."
@@ -417,7 +417,7 @@ def _inject(self:PeftModel, name:str, cfg:PeftConfig):
             if not isinstance(m, ModulesToSave): m = ModulesToSave(m); _replace(self.base_model, h, m)
             m.update_layer(name)
 
-# %% ../nbs/00_core.ipynb #7ea3fd60
+# %% ../nbs/00_core.ipynb #59733dd4
 @patch
 def _remove_adapter_modules(self:PeftModel, name:str):
     "Delete adapter `name` from every layer; unwrap layers left without adapters."
@@ -446,7 +446,7 @@ def add_adapter(self:PeftModel, adapter_name:str, config:PeftConfig):
     self.peft_config[adapter_name] = config
     self._mark_trainable()
 
-# %% ../nbs/00_core.ipynb #4d5fcd5e
+# %% ../nbs/00_core.ipynb #d2b943d3
 @patch
 def _base_params_to_train(self:PeftModel, name:str)->list[str]:
     fn = getattr(self.peft_config[name], "base_params_to_train", None)
@@ -473,7 +473,7 @@ def set_adapter(self:PeftModel, adapter_name:str):
     self.active_adapter = adapter_name
     self._mark_trainable()
 
-# %% ../nbs/00_core.ipynb #417f3fd6
+# %% ../nbs/00_core.ipynb #a025478e
 @patch
 def _adapter_tensors(self:PeftModel, name:str)->dict:
     "Every tensor of adapter `name`, keyed as saved: `base_model.model.<module>.<tensor>` (PEFT's layout)."
@@ -484,7 +484,7 @@ def _adapter_tensors(self:PeftModel, name:str)->dict:
     for n in self._base_params_to_train(name): out[f"base_model.model.{n}"] = params[n]
     return out
 
-# %% ../nbs/00_core.ipynb #888f0db9
+# %% ../nbs/00_core.ipynb #3a8240e1
 @dataclass
 class TrainableReport:
     "How many parameters train, of how many, and the adapter's size on disk."
@@ -507,7 +507,7 @@ def trainable_report(self:PeftModel)->TrainableReport:
 @patch
 def print_trainable_parameters(self:PeftModel): print(self.trainable_report())
 
-# %% ../nbs/00_core.ipynb #4056e8ea
+# %% ../nbs/00_core.ipynb #879dc84b
 @patch
 def delete_adapter(self:PeftModel, adapter_name:str):
     "Remove `adapter_name`; if it was active, the first remaining adapter becomes active."
@@ -528,7 +528,7 @@ def disable_adapter(self:PeftModel):
     finally:
         for l in layers: l.disabled = False
 
-# %% ../nbs/00_core.ipynb #70680534
+# %% ../nbs/00_core.ipynb #02d0adcb
 @patch
 def _check_mergeable(self:PeftModel, names):
     for n in names:
@@ -550,7 +550,7 @@ def unmerge_adapter(self:PeftModel):
     "Undo every merge: base weights as they were."
     for _, l in self._layers(): l.unmerge()
 
-# %% ../nbs/00_core.ipynb #851da3fa
+# %% ../nbs/00_core.ipynb #3667290d
 @patch
 def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->nn.Module:
     if merge: self.merge_adapter(adapter_names, safe_merge=safe_merge)
@@ -574,7 +574,7 @@ def unload(self:PeftModel)->nn.Module:
     for _, l in self._layers(): l.unmerge()
     return self._unwrap(False)
 
-# %% ../nbs/00_core.ipynb #83e265b2
+# %% ../nbs/00_core.ipynb #7c6bfe1f
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 
 def _atomic_write(files:dict, folder:Path):
@@ -591,7 +591,7 @@ def _atomic_write(files:dict, folder:Path):
         for tmp in tmps.values():
             if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/00_core.ipynb #6b5566c9
+# %% ../nbs/00_core.ipynb #196af3b9
 @patch
 def save_adapter(self:PeftModel, save_directory, # folder to write (created if missing)
                  adapter_name:str=None, # default: the active adapter
@@ -607,7 +607,7 @@ def save_adapter(self:PeftModel, save_directory, # folder to write (created if m
 
 PeftModel.save_pretrained = PeftModel.save_adapter  # the name PEFT and transformers users reach for
 
-# %% ../nbs/00_core.ipynb #a048b015
+# %% ../nbs/00_core.ipynb #316113df
 def read_safetensors(path)->dict:
     "Read tensors from a safetensors file (never pickle); a clear error when it is missing, truncated or corrupt."
     path = Path(path)
@@ -623,7 +623,7 @@ def read_config(folder)->PeftConfig:
     if not p.is_file(): raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
     return PeftConfig.from_json(p.read_text())
 
-# %% ../nbs/00_core.ipynb #06e6a3f8
+# %% ../nbs/00_core.ipynb #815b3796
 @patch
 def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     "Copy `tensors` into adapter `name` after checking every key and shape; nothing is copied on a mismatch."
@@ -640,7 +640,7 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     with torch.no_grad():
         for k, t in want.items(): t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
 
-# %% ../nbs/00_core.ipynb #cd9bd623
+# %% ../nbs/00_core.ipynb #1731e1b6
 @patch(cls_method=True)
 def from_pretrained(cls:PeftModel, model:nn.Module, # the base model the adapter was trained on
                     model_id, # folder with adapter_config.json + adapter_model.safetensors
@@ -664,7 +664,7 @@ def from_tensors(cls:PeftModel, model:nn.Module, config:PeftConfig, tensors:dict
     if not is_trainable: pm.eval()
     return pm
 
-# %% ../nbs/00_core.ipynb #6cdc694f
+# %% ../nbs/00_core.ipynb #57d14cd1
 @patch
 def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=False):
     "Load a saved adapter as a further adapter `adapter_name` (not made active)."

@@ -129,3 +129,11 @@ def test_bad_adapter_names_and_calls():
     with pytest.raises(KeyError, match="no adapter 'x'"): pm.set_adapter("x")
     with pytest.raises(ValueError, match="only adapter"): pm.delete_adapter("default")
     with pytest.raises(TypeError, match="already a PeftModel"): get_peft_model(pm, LoraConfig())
+
+def test_load_without_importing_the_family(saved):
+    "A fresh process that imports only core can load a LoRA adapter: the registry finds the family itself."
+    import subprocess, sys
+    code = ("import sys; from peft_notes.core import PeftModel; from peft_notes.models import tiny_bert; "
+            f"m = PeftModel.from_pretrained(tiny_bert(), {str(saved)!r}); print(type(m.peft_config['default']).__module__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "peft_notes.reparam", r.stderr

@@ -1,22 +1,61 @@
-"""The `peft-notes` command: bad input is refused with a clear message and exit code 2."""
-import subprocess, sys
+"""The `peft-notes` command and the harness: bad input refused clearly, results complete, interrupts keep finished work."""
+import json, os, subprocess, sys
 import pytest
+from peft_notes import cli, train
+from peft_notes.train import RESULT_FIELDS
 
 def run(*args):
     return subprocess.run([sys.executable, "-c", "import sys; from peft_notes.cli import main; sys.exit(main())", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
 
-@pytest.mark.parametrize("args,msg", [(["demo", "--methods", "nope"], "unknown method(s) ['nope']"),
-                                      (["demo", "--task", "imdb"], "invalid choice: 'imdb'"),
-                                      (["demo", "--train-size", "0"], "--train-size must be positive"),
-                                      (["demo", "--epochs", "-1"], "--epochs must be positive"),
+@pytest.mark.parametrize("args,msg", [(["compare", "--methods", "nope"], "unknown method(s) ['nope']"),
+                                      (["compare", "--task", "imdb"], "invalid choice: 'imdb'"),
+                                      (["compare", "--train-size", "0"], "--train-size must be positive"),
+                                      (["compare", "--epochs", "-1"], "--epochs must be positive"),
+                                      (["compare", "--methods", " , "], "--methods is empty"),
+                                      (["train", "--method", "head", "--save", "x"], "--method must be a registered method"),
+                                      (["eval", "--adapter", "/nonexistent"], "has no task.json"),
                                       ([], "required")])
 def test_bad_arguments(args, msg):
     r = run(*args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
 
-def test_demo_small_run_prints_the_table():
-    r = run("demo", "--train-size", "64", "--epochs", "1", "--max-length", "32")
+def test_unwritable_output_folder(tmp_path):
+    f = tmp_path / "file"; f.write_text("")
+    r = run("compare", "--out", str(f / "sub"))
+    assert r.returncode == 2 and "cannot write to" in r.stderr, r.stderr
+
+def test_compare_writes_every_field(tmp_path):
+    r = run("compare", "--methods", "head,lora", "--train-size", "64", "--epochs", "1", "--max-length", "32", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert any(l.startswith("head ") for l in lines) and any(l.startswith("lora ") for l in lines)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [x["method"] for x in rows] == ["head", "lora"]
+    for x in rows:
+        missing = [k for k in RESULT_FIELDS + ["losses", "evals"] if k not in x or (x[k] is None and k != "torch_peak_mb")]
+        assert not missing, missing
+        assert x["acc_before"] >= 0 and x["median_step_s"] > 0 and x["peak_rss_mb"] > 100 and len(x["losses"]) == 2
+    assert rows[1]["stored_bytes"] > rows[0]["stored_bytes"] > 0
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == RESULT_FIELDS
+    assert {"accuracy_vs_params.png", "step_time.png", "peak_memory.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert any(l.startswith("lora ") for l in r.stdout.splitlines())
+
+def test_interrupt_keeps_finished_methods(tmp_path, monkeypatch):
+    real = train.run_method
+    def second_interrupts(m, *a, **k):
+        if m == "lora": raise KeyboardInterrupt
+        return real(m, *a, **k)
+    monkeypatch.setattr(train, "run_method", second_interrupts)
+    code = cli.main(["compare", "--methods", "head,lora", "--train-size", "32", "--epochs", "1", "--max-length", "16", "--out", str(tmp_path)])
+    assert code == 130
+    assert [x["method"] for x in json.loads((tmp_path / "results.json").read_text())] == ["head"]
+
+def test_train_then_eval(tmp_path):
+    d = tmp_path / "adapter"
+    r = run("train", "--method", "lora", "--train-size", "64", "--epochs", "1", "--max-length", "32", "--save", str(d))
+    assert r.returncode == 0, r.stderr
+    assert {"adapter_config.json", "adapter_model.safetensors", "task.json"} <= {p.name for p in d.iterdir()}
+    acc_train = float(r.stdout.split("->")[1].split(";")[0])
+    r = run("eval", "--adapter", str(d))
+    assert r.returncode == 0, r.stderr
+    assert abs(float(r.stdout.rsplit("accuracy", 1)[1]) - acc_train) < 1e-9   # the saved adapter scores what training reported
