@@ -7,7 +7,7 @@ __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'eval
            'load_task', 'build_model', 'stored_bytes', 'run_method', 'evaluate_adapter', 'save_results', 'compare',
            'format_table', 'plot_results']
 
-# %% ../nbs/03_train.ipynb #3a383c40
+# %% ../nbs/03_train.ipynb #3c814864
 import csv, json, math, os, tempfile, threading, time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from datasets import DatasetDict
 from .data import tokenize
 
-# %% ../nbs/03_train.ipynb #64d7f456
+# %% ../nbs/03_train.ipynb #0b1db971
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
     "A DataLoader that pads each batch of a tokenised dataset."
     g = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def evaluate(model:nn.Module, loader:DataLoader, accelerator:Accelerator=None)->
     model.train(was)
     return right / max(total, 1)
 
-# %% ../nbs/03_train.ipynb #0c53e2e9
+# %% ../nbs/03_train.ipynb #1e55df7c
 @dataclass
 class History:
     "What a run recorded: loss per step, dev accuracy at eval points, step times, seconds, peak memory."
@@ -60,7 +60,7 @@ class History:
         t = self.step_times[3:] or self.step_times
         return sorted(t)[len(t) // 2] if t else None
 
-# %% ../nbs/03_train.ipynb #5c58c99a
+# %% ../nbs/03_train.ipynb #fdd66fc4
 def _rss_mb()->float:
     "Resident memory of this process in MB (Linux /proc; elsewhere the lifetime peak from `resource`)."
     try:
@@ -80,7 +80,13 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set(); self._t.join(); self.peak = max(self.peak, _rss_mb())
 
-# %% ../nbs/03_train.ipynb #e70e6ea3
+# %% ../nbs/03_train.ipynb #c43435cb
+def _has_accelerator()->bool:
+    "Is a GPU (or other torch accelerator) available?"
+    a = getattr(torch, "accelerator", None)
+    return bool(a.is_available()) if a is not None else torch.cuda.is_available()
+
+# %% ../nbs/03_train.ipynb #f30ae2ef
 def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what requires grad
         train_loader:DataLoader, eval_loader:DataLoader=None,
         epochs:float=1, # may be fractional
@@ -90,15 +96,17 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
         seed:int=0, progress:bool=True)->History:
     "Train with AdamW and a linear schedule; evaluate accuracy on `eval_loader`."
     set_seed(seed)
-    acc = Accelerator()
+    acc = Accelerator(cpu=not _has_accelerator())  # cpu=True is what makes torchrun's processes one gloo group on CPU
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("nothing to train: no parameter of the model requires grad")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model, opt, train_loader = acc.prepare(model, opt, train_loader)
+    if eval_loader is not None: eval_loader = acc.prepare(eval_loader)
+    # steps counted on the prepared loader (each process sees 1/n of the batches), and the schedule stepped by us
+    # once per optimizer step: accelerate's prepared scheduler would step n times per step under n processes
     total = max(1, math.ceil(epochs * len(train_loader)))
     n_warm = int(warmup * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, n_warm) if s < n_warm else max(0.0, (total - s) / max(1, total - n_warm)))
-    model, opt, train_loader, sched = acc.prepare(model, opt, train_loader, sched)
-    if eval_loader is not None: eval_loader = acc.prepare(eval_loader)
     h, step, t0 = History(), 0, time.perf_counter()
     bar = tqdm(total=total, disable=not progress or not acc.is_main_process, leave=False)
     cuda = acc.device.type == "cuda"
@@ -122,7 +130,7 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
     h.seconds = time.perf_counter() - t0
     return h
 
-# %% ../nbs/03_train.ipynb #40a8dbc3
+# %% ../nbs/03_train.ipynb #2cfa3a18
 BASELINES = ("full", "head")
 LR = {"full": 1e-4, "head": 2e-2, "lora": 3e-3}  # tuned on BBC News, 3 epochs; other methods default to 3e-3
 METHOD_KW = {"lora": dict(r=8, alpha=16)}       # the chapter's recipe where it differs from the config default
@@ -138,7 +146,7 @@ def load_task(task:str, train_size:int=None, seed:int=0):
         return ds, "sentence", 2
     raise ValueError(f"unknown task {task!r}: use bbc or sst2")
 
-# %% ../nbs/03_train.ipynb #c81b1a3d
+# %% ../nbs/03_train.ipynb #e0b54de7
 def build_model(method:str, num_labels:int, seed:int=0):
     "The shipped MiniLM prepared for `method` (a baseline or a registered method), and its tokenizer."
     from peft_notes.core import get_peft_model, list_methods
@@ -158,7 +166,7 @@ def stored_bytes(model:nn.Module)->int:
             model.save_adapter(d); return sum(f.stat().st_size for f in Path(d).iterdir())
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/03_train.ipynb #f68106de
+# %% ../nbs/03_train.ipynb #99c08233
 def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, max_length:int=64,
                batch_size:int=32, lr:float=None, seed:int=0, progress:bool=True, data=None,
                save=None, # folder: save the adapter (and task.json) there after training
@@ -179,7 +187,7 @@ def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, 
             "acc_after": h.final_accuracy, "median_step_s": h.median_step_s, "peak_rss_mb": h.peak_rss_mb,
             "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals}
 
-# %% ../nbs/03_train.ipynb #b19ec2f7
+# %% ../nbs/03_train.ipynb #a903c750
 def evaluate_adapter(folder, max_length:int=None)->tuple:
     "Accuracy of an adapter saved by `run_method(..., save=folder)` on its task's test split: (accuracy, task)."
     from peft_notes.core import PeftModel
@@ -191,7 +199,7 @@ def evaluate_adapter(folder, max_length:int=None)->tuple:
     enc = tokenize(DatasetDict({"test": ds["test"]}), tok, text_column=col, max_length=max_length or t["max_length"])
     return evaluate(model, make_loader(enc["test"], tok, 128)), t["task"]
 
-# %% ../nbs/03_train.ipynb #31b76191
+# %% ../nbs/03_train.ipynb #b8b6000e
 RESULT_FIELDS = ["method", "task", "train_size", "epochs", "trainable", "total", "trainable_pct", "stored_bytes", "acc_before",
                  "acc_after", "median_step_s", "peak_rss_mb", "torch_peak_mb", "train_s"]
 
@@ -211,7 +219,7 @@ def compare(methods, task:str="bbc", out=None, rows:list=None, **kw)->list[dict]
         if out is not None: save_results(rows, out)
     return rows
 
-# %% ../nbs/03_train.ipynb #2446002e
+# %% ../nbs/03_train.ipynb #313c9618
 def format_table(rows:list[dict])->str:
     "The results as a plain-text table."
     head = f"{'method':<10} {'trainable':>11} {'%':>8} {'stored':>10} {'acc before':>10} {'acc after':>9} {'step s':>7} {'peak MB':>8} {'train s':>8}"
@@ -221,7 +229,7 @@ def format_table(rows:list[dict])->str:
                      f"{r['acc_before']:>10.3f} {r['acc_after']:>9.3f} {r['median_step_s']:>7.3f} {r['peak_rss_mb']:>8.0f} {r['train_s']:>8.1f}")
     return "\n".join(lines)
 
-# %% ../nbs/03_train.ipynb #182b611d
+# %% ../nbs/03_train.ipynb #c27ad721
 def plot_results(rows:list[dict], out)->list[Path]:
     "Figures of a comparison: accuracy vs trainable parameters (log), median step time, peak memory."
     import matplotlib; matplotlib.use("Agg")
