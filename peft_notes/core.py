@@ -565,7 +565,6 @@ def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->n
 @patch
 def merge_and_unload(self:PeftModel, safe_merge:bool=False, adapter_names:list=None)->nn.Module:
     "Merge the active adapter and return the plain base model (no wrappers, zero inference overhead)."
-    if not adapter_names: self._check_mergeable([self.active_adapter])
     return self._unwrap(True, safe_merge, adapter_names)
 
 @patch

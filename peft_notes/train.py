@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from transformers import DataCollatorWithPadding
 from tqdm.auto import tqdm
 from datasets import DatasetDict
-from .data import tokenize
+from .data import load_bbc, load_sst2, tokenize
 
 # %% ../nbs/03_train.ipynb #0b1db971
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
@@ -137,7 +137,6 @@ METHOD_KW = {"lora": dict(r=8, alpha=16)}       # the chapter's recipe where it 
 
 def load_task(task:str, train_size:int=None, seed:int=0):
     "(DatasetDict with `train`/`test`, text column, number of classes) for `bbc` or `sst2`."
-    from peft_notes.data import load_bbc, load_sst2
     if task == "bbc": return load_bbc(train_size=train_size, seed=seed), "text", 5
     if task == "sst2":
         ds = load_sst2()
