@@ -5,16 +5,26 @@
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/85_cli.ipynb #05b8c7ec
+# %% ../nbs/85_cli.ipynb #ab1477d1
 import argparse, json, os, sys, time
+from dataclasses import fields
 from pathlib import Path
 
-# %% ../nbs/85_cli.ipynb #d4904605
+# %% ../nbs/85_cli.ipynb #8a6664e3
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peft-notes", description="Parameter-efficient fine-tuning, from the peft-notes textbook.")
     sub = p.add_subparsers(dest="cmd", required=True)
     def common(s, methods=True):
-        s.add_argument("--task", default="bbc", choices=["bbc", "sst2"], help="bbc (shipped, default) or sst2 (PEFT_NOTES_DATA or the hub)")
+        s.add_argument("--task", default="bbc", help="bbc (shipped, default), sst2 (PEFT_NOTES_DATA or the hub), a local "
+                       "csv/tsv/json/jsonl/parquet file or folder, or a datasets hub name[:config]")
+        s.add_argument("--text-column", default=None, help="text column of a csv/json/hub task (default: text, sentence, or the only string column)")
+        s.add_argument("--label-column", default=None, help="label column of a csv/json/hub task (default: label)")
+        s.add_argument("--batch-size", type=int, default=32)
+        s.add_argument("--lr", default=None, help="learning rate: one value for every method, or method=value,... "
+                       "(default: the book's recipe, full 1e-4, head 2e-2, lora 3e-3)")
+        s.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
+                       help="override a config field, e.g. --set lora.r=16 --set target_modules=query,key,value (repeatable; "
+                       "without METHOD. it applies to every adapter method)")
         s.add_argument("--train-size", type=int, default=None, help="training examples (default: the whole train split)")
         s.add_argument("--epochs", type=float, default=3)
         s.add_argument("--max-length", type=int, default=64)
@@ -27,16 +37,60 @@ def _parser()->argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one method and save its adapter"); common(s)
     s.add_argument("--method", default="lora"); s.add_argument("--save", required=True, help="folder for the adapter")
     s = sub.add_parser("eval", help="evaluate a saved adapter on its task's test split")
+    s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--adapter", required=True); s.add_argument("--max-length", type=int, default=None)
     return p
 
-# %% ../nbs/85_cli.ipynb #9b89e919
+# %% ../nbs/85_cli.ipynb #08f40bc5
 def _check_out(p, folder):
     "Fail early, before any training, when the output folder cannot be written."
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         probe = Path(folder) / ".write-test"; probe.write_text(""); probe.unlink()
     except OSError as e: p.error(f"cannot write to {folder}: {e.strerror or e}")
+
+def _value(v:str):
+    "A --set value: JSON when it parses (numbers, true/false, null, [lists]), a list when it has commas, else the string."
+    try: return json.loads(v)
+    except ValueError: return [x.strip() for x in v.split(",") if x.strip()] if "," in v else v
+
+def _lr(p, spec, methods)->float|dict|None:
+    "--lr 3e-3 (every method) or --lr lora=3e-3,full=1e-4."
+    if spec is None: return None
+    try:
+        if "=" not in spec: lr = float(spec); out = {m: lr for m in methods}
+        else: out = {k.strip(): float(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv.strip())}
+    except ValueError: p.error(f"--lr must be a number or method=number,..., got {spec!r}")
+    if bad := [m for m in out if m not in methods]: p.error(f"--lr names {bad}, which are not among the methods {methods}")
+    if bad := [m for m, v in out.items() if not v > 0]: p.error(f"--lr must be positive, got {spec!r}")
+    return out
+
+def _config(p, sets:list, methods:list)->dict:
+    "{method: {field: value}} from --set [METHOD.]FIELD=VALUE, each config built once here so that a bad field fails before training."
+    from peft_notes.core import list_methods
+    from peft_notes.train import BASELINES, METHOD_KW
+    adapters, out = [m for m in methods if m not in BASELINES], {}
+    for item in sets:
+        key, eq, v = item.partition("=")
+        if not eq or not key.strip(): p.error(f"--set takes [METHOD.]FIELD=VALUE, got {item!r}")
+        m, dot, f = key.strip().rpartition(".")
+        targets = [m] if dot else adapters
+        if dot and m not in methods: p.error(f"--set {item!r}: {m!r} is not among the methods {methods}")
+        if dot and m in BASELINES: p.error(f"--set {item!r}: {m!r} is a baseline and has no config")
+        if not targets: p.error(f"--set {item!r}: none of the methods {methods} has a config")
+        for t in targets: out.setdefault(t, {})[f] = _value(v)
+    for m, kw in out.items():
+        cls = list_methods()[m]; known = sorted(f.name for f in fields(cls))
+        if bad := [k for k in kw if k not in known]: p.error(f"--set for {m}: {cls.__name__} has no field {bad[0]!r}; its fields: {', '.join(known)}")
+        try: cls(**{"modules_to_save": ["classifier"], **METHOD_KW.get(m, {}), **kw})
+        except (TypeError, ValueError) as e: p.error(f"--set for {m}: {e}")
+    return out
+
+def _data(p, a):
+    "Load the task once, before any training: a bad --task or column is an error now, not after the first method."
+    from peft_notes.train import load_task
+    try: return load_task(a.task, a.train_size, a.seed, a.text_column, a.label_column)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e: p.error(f"--task {a.task}: {e}")
 
 def _methods(p, spec:str)->list[str]:
     from peft_notes.core import list_methods
@@ -47,13 +101,15 @@ def _methods(p, spec:str)->list[str]:
     if unknown := [m for m in methods if m not in known]: p.error(f"unknown method(s) {unknown}; known: {known}")
     return methods
 
-# %% ../nbs/85_cli.ipynb #75924ed1
+# %% ../nbs/85_cli.ipynb #1fab54cd
 def _compare(p, a):
     from peft_notes.train import compare, format_table, plot_results, save_results
-    methods = _methods(p, a.methods); _check_out(p, a.out)
+    methods = _methods(p, a.methods); lr, config = _lr(p, a.lr, methods), _config(p, a.set, methods)
+    _check_out(p, a.out); data = _data(p, a)
     print(f"peft-notes {a.cmd}: MiniLM (shipped) on {a.task}, methods {methods}, {a.epochs} epochs, seq {a.max_length} -> {a.out}", flush=True)
     t0, rows = time.time(), []
-    try: rows = compare(methods, a.task, out=a.out, train_size=a.train_size, epochs=a.epochs, max_length=a.max_length, seed=a.seed, rows=rows)
+    try: rows = compare(methods, a.task, out=a.out, rows=rows, data=data, lr=lr, config=config, train_size=a.train_size, epochs=a.epochs,
+                        max_length=a.max_length, batch_size=a.batch_size, seed=a.seed, text_column=a.text_column, label_column=a.label_column)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {len(rows)} finished method(s) are in {a.out}", file=sys.stderr)
         if not rows: return 130
@@ -61,13 +117,15 @@ def _compare(p, a):
     print(format_table(rows)); print(f"results: {Path(a.out) / 'results.csv'}; figures: {', '.join(str(f) for f in figs)}; total {time.time() - t0:.0f} s")
     return 0 if len(rows) == len(methods) else 130
 
-# %% ../nbs/85_cli.ipynb #b46560bc
+# %% ../nbs/85_cli.ipynb #6b0a9838
 def _train(p, a):
     from peft_notes.core import list_methods
     from peft_notes.train import run_method
     if a.method not in list_methods(): p.error(f"--method must be a registered method to save an adapter, got {a.method!r}; registered: {sorted(list_methods())}")
-    _check_out(p, a.save)
-    row = run_method(a.method, a.task, a.train_size, a.epochs, a.max_length, seed=a.seed, save=a.save)
+    lr, config = _lr(p, a.lr, [a.method]), _config(p, a.set, [a.method])
+    _check_out(p, a.save); data = _data(p, a)
+    row = run_method(a.method, a.task, a.train_size, a.epochs, a.max_length, batch_size=a.batch_size, lr=(lr or {}).get(a.method),
+                     seed=a.seed, save=a.save, data=data, config=config.get(a.method), text_column=a.text_column, label_column=a.label_column)
     print(f"{a.method} on {a.task}: accuracy {row['acc_before']:.3f} -> {row['acc_after']:.3f}; adapter saved to {a.save}")
     return 0
 
@@ -75,15 +133,17 @@ def _eval(p, a):
     from peft_notes.train import evaluate_adapter
     f = Path(a.adapter) / "task.json"
     if not f.is_file(): p.error(f"{a.adapter} has no task.json: it was not saved by `peft-notes train`")
-    acc, task = evaluate_adapter(a.adapter, max_length=a.max_length)
+    acc, task = evaluate_adapter(a.adapter, max_length=a.max_length, batch_size=a.batch_size)
     print(f"{a.adapter} on {task}: accuracy {acc:.3f}")
     return 0
 
-# %% ../nbs/85_cli.ipynb #d9fb8fac
+# %% ../nbs/85_cli.ipynb #95c3eb4d
 def main(argv=None)->int:
     "Entry point of the `peft-notes` command."
     p = _parser(); a = p.parse_args(argv)
     if getattr(a, "train_size", None) is not None and a.train_size <= 0: p.error("--train-size must be positive")
     if getattr(a, "epochs", 1) <= 0: p.error("--epochs must be positive")
+    if getattr(a, "batch_size", 1) <= 0: p.error("--batch-size must be positive")
+    if getattr(a, "max_length", None) is not None and a.max_length <= 0: p.error("--max-length must be positive")
     import datasets; datasets.disable_progress_bars()  # the training bar is the one worth watching
     return {"compare": _compare, "demo": _compare, "train": _train, "eval": _eval}[a.cmd](p, a)

@@ -7,7 +7,7 @@ __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'eval
            'load_task', 'build_model', 'stored_bytes', 'run_method', 'evaluate_adapter', 'save_results', 'compare',
            'format_table', 'plot_results']
 
-# %% ../nbs/03_train.ipynb #3c814864
+# %% ../nbs/03_train.ipynb #49bdade4
 import csv, json, math, os, tempfile, threading, time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -19,9 +19,9 @@ from accelerate.utils import set_seed
 from transformers import DataCollatorWithPadding
 from tqdm.auto import tqdm
 from datasets import DatasetDict
-from .data import load_bbc, load_sst2, tokenize
+from .data import load_bbc, load_classification, load_sst2, tokenize
 
-# %% ../nbs/03_train.ipynb #0b1db971
+# %% ../nbs/03_train.ipynb #423a1461
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
     "A DataLoader that pads each batch of a tokenised dataset."
     g = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def evaluate(model:nn.Module, loader:DataLoader, accelerator:Accelerator=None)->
     model.train(was)
     return right / max(total, 1)
 
-# %% ../nbs/03_train.ipynb #1e55df7c
+# %% ../nbs/03_train.ipynb #bbc37743
 @dataclass
 class History:
     "What a run recorded: loss per step, dev accuracy at eval points, step times, seconds, peak memory."
@@ -60,7 +60,7 @@ class History:
         t = self.step_times[3:] or self.step_times
         return sorted(t)[len(t) // 2] if t else None
 
-# %% ../nbs/03_train.ipynb #fdd66fc4
+# %% ../nbs/03_train.ipynb #a903b7a4
 def _rss_mb()->float:
     "Resident memory of this process in MB (Linux /proc; elsewhere the lifetime peak from `resource`)."
     try:
@@ -80,13 +80,13 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set(); self._t.join(); self.peak = max(self.peak, _rss_mb())
 
-# %% ../nbs/03_train.ipynb #c43435cb
+# %% ../nbs/03_train.ipynb #02aa0bad
 def _has_accelerator()->bool:
     "Is a GPU (or other torch accelerator) available?"
     a = getattr(torch, "accelerator", None)
     return bool(a.is_available()) if a is not None else torch.cuda.is_available()
 
-# %% ../nbs/03_train.ipynb #f30ae2ef
+# %% ../nbs/03_train.ipynb #6c7ba62a
 def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what requires grad
         train_loader:DataLoader, eval_loader:DataLoader=None,
         epochs:float=1, # may be fractional
@@ -130,32 +130,37 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
     h.seconds = time.perf_counter() - t0
     return h
 
-# %% ../nbs/03_train.ipynb #2cfa3a18
+# %% ../nbs/03_train.ipynb #43d272af
 BASELINES = ("full", "head")
 LR = {"full": 1e-4, "head": 2e-2, "lora": 3e-3}  # tuned on BBC News, 3 epochs; other methods default to 3e-3
 METHOD_KW = {"lora": dict(r=8, alpha=16)}       # the chapter's recipe where it differs from the config default
 
-def load_task(task:str, train_size:int=None, seed:int=0):
-    "(DatasetDict with `train`/`test`, text column, number of classes) for `bbc` or `sst2`."
+def load_task(task:str, # `bbc` (shipped), `sst2`, or a local csv/tsv/json/parquet file or folder, or a hub name[:config]
+              train_size:int=None, seed:int=0,
+              text_column:str=None, label_column:str=None, # for other sources (see `load_classification`)
+             ):
+    "(DatasetDict with `train`/`test`, text column, number of classes)."
     if task == "bbc": return load_bbc(train_size=train_size, seed=seed), "text", 5
     if task == "sst2":
-        ds = load_sst2()
-        ds["test"] = ds.pop("validation")
-        if train_size: ds["train"] = ds["train"].shuffle(seed=seed).select(range(min(train_size, len(ds["train"]))))
-        return ds, "sentence", 2
-    raise ValueError(f"unknown task {task!r}: use bbc or sst2")
+        ds = load_sst2(); ds["test"] = ds.pop("validation"); col, n = "sentence", 2
+    else: (ds, n), col = load_classification(task, text_column, label_column, seed), "text"
+    if train_size: ds["train"] = ds["train"].shuffle(seed=seed).select(range(min(train_size, len(ds["train"]))))
+    return ds, col, n
 
-# %% ../nbs/03_train.ipynb #e0b54de7
-def build_model(method:str, num_labels:int, seed:int=0):
+# %% ../nbs/03_train.ipynb #9c284754
+def build_model(method:str, num_labels:int, seed:int=0,
+                config:dict=None, # fields of the method's config that override the chapter's recipe, e.g. {"r": 16}
+               ):
     "The shipped MiniLM prepared for `method` (a baseline or a registered method), and its tokenizer."
     from peft_notes.core import get_peft_model, list_methods
     from peft_notes.models import load_minilm
     methods = list_methods()
     if method not in methods and method not in BASELINES:
         raise ValueError(f"unknown method {method!r}; known: {sorted(BASELINES + tuple(methods))}")
+    if config and method in BASELINES: raise ValueError(f"{method!r} is a baseline: it takes no config, got {config}")
     model, tok = load_minilm(num_labels=num_labels, seed=seed)
     if method == "head": model.requires_grad_(False); model.classifier.requires_grad_(True)
-    elif method != "full": model = get_peft_model(model, methods[method](modules_to_save=["classifier"], **METHOD_KW.get(method, {})))
+    elif method != "full": model = get_peft_model(model, methods[method](**{"modules_to_save": ["classifier"], **METHOD_KW.get(method, {}), **(config or {})}))
     return model, tok
 
 def stored_bytes(model:nn.Module)->int:
@@ -165,41 +170,46 @@ def stored_bytes(model:nn.Module)->int:
             model.save_adapter(d); return sum(f.stat().st_size for f in Path(d).iterdir())
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/03_train.ipynb #99c08233
+# %% ../nbs/03_train.ipynb #a7f75032
 def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, max_length:int=64,
                batch_size:int=32, lr:float=None, seed:int=0, progress:bool=True, data=None,
                save=None, # folder: save the adapter (and task.json) there after training
+               config:dict=None, # overrides of the method's config fields
+               text_column:str=None, label_column:str=None, # for tasks other than bbc/sst2
               )->dict:
     "Train one method on one task with the shared loop; return a row of measurements."
-    ds, col, n = data or load_task(task, train_size, seed)
-    model, tok = build_model(method, n, seed)
+    ds, col, n = data or load_task(task, train_size, seed, text_column, label_column)
+    model, tok = build_model(method, n, seed, config)
+    lr = lr or LR.get(method, 3e-3)
     enc = tokenize(ds, tok, text_column=col, max_length=max_length)
     train_dl, test_dl = make_loader(enc["train"], tok, batch_size, shuffle=True, seed=seed), make_loader(enc["test"], tok, 128)
     before = evaluate(model, test_dl)
-    h = fit(model, train_dl, test_dl, epochs=epochs, lr=lr or LR.get(method, 3e-3), seed=seed, progress=progress)
+    h = fit(model, train_dl, test_dl, epochs=epochs, lr=lr, seed=seed, progress=progress)
     ps = list(model.parameters()); tr, total = sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps)
     if save is not None:
         model.save_adapter(save)
-        (Path(save) / "task.json").write_text(json.dumps({"task": task, "num_labels": n, "max_length": max_length, "seed": seed}))
-    return {"method": method, "task": task, "train_size": len(enc["train"]), "epochs": epochs, "trainable": tr, "total": total,
+        (Path(save) / "task.json").write_text(json.dumps({"task": task, "num_labels": n, "max_length": max_length, "seed": seed,
+                                                              "text_column": text_column, "label_column": label_column}))
+    return {"method": method, "task": task, "train_size": len(enc["train"]), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "max_length": max_length, "seed": seed, "config": config or {}, "trainable": tr, "total": total,
             "trainable_pct": 100 * tr / total, "stored_bytes": stored_bytes(model), "acc_before": before,
             "acc_after": h.final_accuracy, "median_step_s": h.median_step_s, "peak_rss_mb": h.peak_rss_mb,
             "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals}
 
-# %% ../nbs/03_train.ipynb #a903c750
-def evaluate_adapter(folder, max_length:int=None)->tuple:
+# %% ../nbs/03_train.ipynb #e48262c9
+def evaluate_adapter(folder, max_length:int=None, batch_size:int=128)->tuple:
     "Accuracy of an adapter saved by `run_method(..., save=folder)` on its task's test split: (accuracy, task)."
     from peft_notes.core import PeftModel
     from peft_notes.models import load_minilm
     t = json.loads((Path(folder) / "task.json").read_text())
-    ds, col, n = load_task(t["task"], seed=t.get("seed", 0))
+    ds, col, n = load_task(t["task"], seed=t.get("seed", 0), text_column=t.get("text_column"), label_column=t.get("label_column"))
     base, tok = load_minilm(num_labels=t["num_labels"])
     model = PeftModel.from_pretrained(base, folder)
     enc = tokenize(DatasetDict({"test": ds["test"]}), tok, text_column=col, max_length=max_length or t["max_length"])
-    return evaluate(model, make_loader(enc["test"], tok, 128)), t["task"]
+    return evaluate(model, make_loader(enc["test"], tok, batch_size)), t["task"]
 
-# %% ../nbs/03_train.ipynb #b8b6000e
-RESULT_FIELDS = ["method", "task", "train_size", "epochs", "trainable", "total", "trainable_pct", "stored_bytes", "acc_before",
+# %% ../nbs/03_train.ipynb #5f4a9e75
+RESULT_FIELDS = ["method", "task", "train_size", "epochs", "lr", "batch_size", "max_length", "seed", "trainable", "total", "trainable_pct", "stored_bytes", "acc_before",
                  "acc_after", "median_step_s", "peak_rss_mb", "torch_peak_mb", "train_s"]
 
 def save_results(rows:list[dict], out)->None:
@@ -209,26 +219,29 @@ def save_results(rows:list[dict], out)->None:
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
 
-def compare(methods, task:str="bbc", out=None, rows:list=None, **kw)->list[dict]:
+def compare(methods, task:str="bbc", out=None, rows:list=None,
+            lr:float|dict=None, # one learning rate for all, or {method: lr}; default: `LR`
+            config:dict=None, # {method: {field: value}} overriding the methods' configs
+            **kw)->list[dict]:
     "Run every method on the same data; with `out`, results are written after each method (an interrupt keeps them)."
-    data = load_task(task, kw.get("train_size"), kw.get("seed", 0))
+    data = kw.pop("data", None) or load_task(task, kw.get("train_size"), kw.get("seed", 0), kw.get("text_column"), kw.get("label_column"))
     rows = [] if rows is None else rows
     for m in methods:
-        rows.append(run_method(m, task, data=data, **kw))
+        rows.append(run_method(m, task, data=data, lr=lr.get(m) if isinstance(lr, dict) else lr, config=(config or {}).get(m), **kw))
         if out is not None: save_results(rows, out)
     return rows
 
-# %% ../nbs/03_train.ipynb #313c9618
+# %% ../nbs/03_train.ipynb #a595899c
 def format_table(rows:list[dict])->str:
     "The results as a plain-text table."
-    head = f"{'method':<10} {'trainable':>11} {'%':>8} {'stored':>10} {'acc before':>10} {'acc after':>9} {'step s':>7} {'peak MB':>8} {'train s':>8}"
+    head = f"{'method':<10} {'lr':>7} {'trainable':>11} {'%':>8} {'stored':>10} {'acc before':>10} {'acc after':>9} {'step s':>7} {'peak MB':>8} {'train s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<10} {r['trainable']:>11,} {r['trainable_pct']:>8.3f} {r['stored_bytes'] / 2**20:>8.2f}MB "
+        lines.append(f"{r['method']:<10} {r.get('lr') or 0:>7.2g} {r['trainable']:>11,} {r['trainable_pct']:>8.3f} {r['stored_bytes'] / 2**20:>8.2f}MB "
                      f"{r['acc_before']:>10.3f} {r['acc_after']:>9.3f} {r['median_step_s']:>7.3f} {r['peak_rss_mb']:>8.0f} {r['train_s']:>8.1f}")
     return "\n".join(lines)
 
-# %% ../nbs/03_train.ipynb #c27ad721
+# %% ../nbs/03_train.ipynb #8bcca57d
 def plot_results(rows:list[dict], out)->list[Path]:
     "Figures of a comparison: accuracy vs trainable parameters (log), median step time, peak memory."
     import matplotlib; matplotlib.use("Agg")

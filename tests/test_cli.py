@@ -9,7 +9,18 @@ def run(*args):
                           capture_output=True, text=True, timeout=600)
 
 @pytest.mark.parametrize("args,msg", [(["compare", "--methods", "nope"], "unknown method(s) ['nope']"),
-                                      (["compare", "--task", "imdb"], "invalid choice: 'imdb'"),
+                                      (["compare", "--task", "no/such/file.csv"], "--task no/such/file.csv: no/such/file.csv: no such file or folder"),
+                                      (["compare", "--task", "/no/such/folder"], "no such file or folder"),
+                                      (["compare", "--lr", "fast"], "--lr must be a number or method=number"),
+                                      (["compare", "--lr", "dora=1e-3"], "--lr names ['dora'], which are not among the methods"),
+                                      (["compare", "--lr", "-1"], "--lr must be positive"),
+                                      (["compare", "--set", "lora.r"], "--set takes [METHOD.]FIELD=VALUE"),
+                                      (["compare", "--set", "lora.rank=16"], "LoraConfig has no field 'rank'; its fields: alpha, "),
+                                      (["compare", "--set", "lora.r=0"], "LoraConfig.r must be a positive rank"),
+                                      (["compare", "--set", "lora.r=big"], "LoraConfig.r must be int"),
+                                      (["compare", "--set", "full.r=4"], "'full' is a baseline and has no config"),
+                                      (["compare", "--methods", "full,head", "--set", "r=4"], "none of the methods ['full', 'head'] has a config"),
+                                      (["compare", "--batch-size", "0"], "--batch-size must be positive"),
                                       (["compare", "--train-size", "0"], "--train-size must be positive"),
                                       (["compare", "--epochs", "-1"], "--epochs must be positive"),
                                       (["compare", "--methods", " , "], "--methods is empty"),
@@ -59,3 +70,35 @@ def test_train_then_eval(tmp_path):
     r = run("eval", "--adapter", str(d))
     assert r.returncode == 0, r.stderr
     assert abs(float(r.stdout.rsplit("accuracy", 1)[1]) - acc_train) < 1e-9   # the saved adapter scores what training reported
+
+
+def _reviews(path, n=40):
+    import csv, random
+    rnd, good, bad = random.Random(0), ["great", "moving", "superb", "fun", "warm"], ["dull", "awful", "boring", "flat", "tedious"]
+    rows = [(f"a {rnd.choice(good)} and {rnd.choice(good)} film", "pos") if i % 2 else (f"a {rnd.choice(bad)} and {rnd.choice(bad)} film", "neg") for i in range(n)]
+    with open(path, "w", newline="") as f: csv.writer(f).writerows([("review", "stars"), *rows])
+
+def test_local_csv_task_with_columns_set_and_lr(tmp_path):
+    _reviews(tmp_path / "reviews.csv")
+    out = tmp_path / "out"
+    r = run("compare", "--methods", "head,lora", "--task", str(tmp_path / "reviews.csv"), "--text-column", "review", "--label-column", "stars",
+            "--set", "lora.r=2", "--set", "lora.target_modules=query,key,value", "--lr", "head=1e-2,lora=2e-3", "--epochs", "1",
+            "--max-length", "16", "--batch-size", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {x["method"]: x for x in json.loads((out / "results.json").read_text())}
+    assert rows["lora"]["config"] == {"r": 2, "target_modules": ["query", "key", "value"]} and rows["lora"]["lr"] == 2e-3
+    assert rows["head"]["lr"] == 1e-2 and rows["lora"]["train_size"] == 32 and rows["lora"]["batch_size"] == 8
+    # r=2 on query, key, value of 6 layers (384 -> 384) plus the 2-class head
+    assert rows["lora"]["trainable"] == 6 * 3 * 2 * (384 + 384) + 384 * 2 + 2
+
+def test_local_task_train_then_eval_remembers_its_columns(tmp_path):
+    _reviews(tmp_path / "reviews.csv")
+    d = tmp_path / "adapter"
+    r = run("train", "--task", str(tmp_path / "reviews.csv"), "--text-column", "review", "--label-column", "stars", "--epochs", "1",
+            "--max-length", "16", "--set", "r=4", "--save", str(d))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((d / "adapter_config.json").read_text())["r"] == 4
+    acc_train = float(r.stdout.split("->")[1].split(";")[0])
+    r = run("eval", "--adapter", str(d))
+    assert r.returncode == 0, r.stderr
+    assert abs(float(r.stdout.rsplit("accuracy", 1)[1]) - acc_train) < 1e-9

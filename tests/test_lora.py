@@ -97,3 +97,53 @@ def test_deepcopy_rebinds_forward():
     pm = get_peft_model(tiny_bert(), LoraConfig(r=2))
     c = copy.deepcopy(pm)
     assert c.forward.__self__ is c and "input_ids" in inspect.signature(c.forward).parameters
+
+# --- the fused forward/backward (LoraLinearFn) against the plain path of the equation ---
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+from peft_notes.reparam import LoraLayer, LoraLinearFn
+
+def _layer(base, dropout=0.0, names=("default",)):
+    layer = LoraLayer(base)
+    for n in names: layer.update_layer(n, LoraConfig(r=3, alpha=6, dropout=dropout, init_lora_weights=False))
+    layer.set_active(list(names))
+    return layer
+
+def _grads(layer, x, plain, seed=0):
+    torch.manual_seed(seed)
+    y = AdapterLayer.forward(layer, x) if plain else layer(x)
+    ps = [x] + [p for p in layer.parameters() if p.requires_grad]
+    return y, torch.autograd.grad((y * torch.linspace(-1, 2, y.shape[-1])).square().sum(), ps)
+
+@pytest.mark.parametrize("case", ["linear", "linear-nobias", "conv1d", "dropout", "base-trainable", "2d-input"])
+def test_fused_path_equals_the_plain_path(case):
+    base = {"linear-nobias": nn.Linear(10, 7, bias=False), "conv1d": Conv1D(7, 10)}.get(case, nn.Linear(10, 7))
+    layer = _layer(base, dropout=0.4 if case == "dropout" else 0.0).train()
+    if case == "base-trainable": base.requires_grad_(True)
+    else: base.requires_grad_(False)
+    x = torch.randn(*((6, 10) if case == "2d-input" else (2, 3, 10)), requires_grad=True)
+    yf, gf = _grads(layer, x, plain=False); yp, gp = _grads(layer, x, plain=True)
+    assert isinstance(yf.grad_fn, LoraLinearFn._backward_cls) and not isinstance(yp.grad_fn, LoraLinearFn._backward_cls)
+    torch.testing.assert_close(yf, yp, atol=1e-6, rtol=1e-6)
+    assert len(gf) == len(gp) == (1 + 2 + 1 + (base.bias is not None) if case == "base-trainable" else 3)
+    for a, b in zip(gf, gp): torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+def test_fused_path_under_no_grad_and_in_eval_ignores_dropout():
+    layer = _layer(nn.Linear(10, 7), dropout=0.5).eval()
+    x = torch.randn(4, 10)
+    with torch.no_grad(): a = layer(x); b = AdapterLayer.forward(layer, x)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+@pytest.mark.parametrize("case", ["two-active", "half-base", "autocast", "disabled"])
+def test_plain_path_where_the_fused_one_does_not_apply(case):
+    base = nn.Linear(10, 7).to(torch.bfloat16) if case == "half-base" else nn.Linear(10, 7)
+    layer = _layer(base, names=("a", "b") if case == "two-active" else ("default",))
+    x = torch.randn(2, 10, dtype=base.weight.dtype, requires_grad=True)
+    if case == "disabled": layer.disabled = True
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16): y = layer(x)
+    else: y = layer(x)
+    assert not isinstance(y.grad_fn, LoraLinearFn._backward_cls)
+    if case == "two-active":   # both updates are applied
+        expect = base(x) + sum(layer.lora_B[n](layer.lora_A[n](x)) * layer.scaling[n] for n in ("a", "b"))
+        torch.testing.assert_close(y, expect)

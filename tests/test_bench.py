@@ -1,0 +1,17 @@
+"""bench/lora_bench.py runs end to end (at a tiny size: its ratios are measured by running it, never asserted in a test)."""
+import json, subprocess, sys
+
+def test_bench_quick_writes_every_ratio(tmp_path, root):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "lora_bench.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["ratios"]) == {"ours / hf step", "ours / floor step", "ours / full memory", "merged / base inference", "unmerged / base inference"}
+    assert all(v[0] > 0 for v in {**res["ratios"], **res["extra"]}.values())
+    assert res["merge_err"] < 1e-4   # the merged model computes what the unmerged one does
+    m = res["memory"]
+    # deterministic accounting: full fine-tuning holds gradients and AdamW state for every weight, LoRA for its own only
+    assert m["full"]["grad_mb"] > 80 and m["full"]["optim_mb"] > 160 and m["ours"]["grad_mb"] < 1 and m["floor"]["grad_mb"] == 0
+    assert m["ours"]["tensors_mb"] < m["full"]["tensors_mb"] / 10
+    for line in ("ours / hf step", "ours / floor step", "unmerged / base inference"): assert line in r.stdout
