@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LoraLayer', 'init_lora', 'LoraConfig', 'LoraLinearFn']
 
-# %% ../nbs/10_lora.ipynb #3d4503ff
+# %% ../nbs/10_lora.ipynb #bdeb4b06
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional, Union
@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from .core import AdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, register_method
 
-# %% ../nbs/10_lora.ipynb #f35ec60a
+# %% ../nbs/10_lora.ipynb #256651b7
 class LoraLayer(AdapterLayer):
     "A frozen `Linear`/`Conv1D` plus, per adapter, a low-rank update `B A x · α/r`."
     adapter_layer_names = ("lora_A", "lora_B")
@@ -48,7 +48,7 @@ class LoraLayer(AdapterLayer):
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (d_out, d_in)
         return delta.T if self.fan_in_fan_out else delta
 
-# %% ../nbs/10_lora.ipynb #73addc67
+# %% ../nbs/10_lora.ipynb #e7491b6c
 def init_lora(A:torch.Tensor, # (r, d_in)
               B:torch.Tensor, # (d_out, r)
               how:Union[bool, str]=True, # True: nn.Linear's default for A, B = 0; "gaussian": A ~ N(0, 1/r), B = 0; False: B random too
@@ -60,7 +60,7 @@ def init_lora(A:torch.Tensor, # (r, d_in)
         if how is False: nn.init.kaiming_uniform_(B, a=math.sqrt(5))  # not a no-op at init: for debugging only
         else: nn.init.zeros_(B)
 
-# %% ../nbs/10_lora.ipynb #9853058e
+# %% ../nbs/10_lora.ipynb #d45569f5
 @register_method("lora")
 @dataclass
 class LoraConfig(PeftConfig):
@@ -82,7 +82,7 @@ class LoraConfig(PeftConfig):
         if self.init_lora_weights not in (True, False, "gaussian"):
             raise ValueError(f"LoraConfig.init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
 
-# %% ../nbs/10_lora.ipynb #b1d4d3d5
+# %% ../nbs/10_lora.ipynb #c2608ba8
 @patch
 def base_params_to_train(self:LoraConfig, model:nn.Module)->list[str]:
     "Names of the existing biases that train with `bias='all'` or `'lora_only'`."
@@ -97,7 +97,7 @@ def base_params_to_train(self:LoraConfig, model:nn.Module)->list[str]:
     return [f"{n}.base_layer.bias" for n, m in model.named_modules()
             if isinstance(m, LoraLayer) and getattr(m.base_layer, "bias", None) is not None]
 
-# %% ../nbs/10_lora.ipynb #3d29ada7
+# %% ../nbs/10_lora.ipynb #1905260b
 def _lora_forward(x2, xd2, W, b, A, B, s, transposed):
     "y = x Wᵀ + b + s (xd Aᵀ) Bᵀ on 2-d inputs, with two GEMMs writing y; returns (y, xd Aᵀ)."
     xa = xd2 @ A.t()
@@ -133,7 +133,7 @@ class LoraLinearFn(torch.autograd.Function):
         if need[5]: dB = (g.t() @ xa).mul_(s)
         return dx, dxd, dW, db, dA, dB, None, None
 
-# %% ../nbs/10_lora.ipynb #b9c4ad45
+# %% ../nbs/10_lora.ipynb #32641079
 @patch
 def forward(self:LoraLayer, x, *args, **kwargs):
     names, base = self.active_adapters, self.base_layer
