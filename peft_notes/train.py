@@ -7,7 +7,7 @@ __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'eval
            'load_task', 'build_model', 'stored_bytes', 'run_method', 'evaluate_adapter', 'save_results', 'compare',
            'format_table', 'plot_results']
 
-# %% ../nbs/03_train.ipynb #49bdade4
+# %% ../nbs/03_train.ipynb #191ecbcc
 import csv, json, math, os, tempfile, threading, time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from datasets import DatasetDict
 from .data import load_bbc, load_classification, load_sst2, tokenize
 
-# %% ../nbs/03_train.ipynb #423a1461
+# %% ../nbs/03_train.ipynb #95164d0c
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
     "A DataLoader that pads each batch of a tokenised dataset."
     g = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def evaluate(model:nn.Module, loader:DataLoader, accelerator:Accelerator=None)->
     model.train(was)
     return right / max(total, 1)
 
-# %% ../nbs/03_train.ipynb #bbc37743
+# %% ../nbs/03_train.ipynb #c48b02ca
 @dataclass
 class History:
     "What a run recorded: loss per step, dev accuracy at eval points, step times, seconds, peak memory."
@@ -60,7 +60,7 @@ class History:
         t = self.step_times[3:] or self.step_times
         return sorted(t)[len(t) // 2] if t else None
 
-# %% ../nbs/03_train.ipynb #a903b7a4
+# %% ../nbs/03_train.ipynb #a9ec77f2
 def _rss_mb()->float:
     "Resident memory of this process in MB (Linux /proc; elsewhere the lifetime peak from `resource`)."
     try:
@@ -80,26 +80,28 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set(); self._t.join(); self.peak = max(self.peak, _rss_mb())
 
-# %% ../nbs/03_train.ipynb #02aa0bad
+# %% ../nbs/03_train.ipynb #82ec4f23
 def _has_accelerator()->bool:
     "Is a GPU (or other torch accelerator) available?"
     a = getattr(torch, "accelerator", None)
     return bool(a.is_available()) if a is not None else torch.cuda.is_available()
 
-# %% ../nbs/03_train.ipynb #6c7ba62a
+# %% ../nbs/03_train.ipynb #ba787989
 def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what requires grad
         train_loader:DataLoader, eval_loader:DataLoader=None,
         epochs:float=1, # may be fractional
         lr:float=1e-3, weight_decay:float=0.0,
         warmup:float=0.06, # share of steps with a linear warm-up, then linear decay
         eval_every:int=None, # steps between evaluations (and one at the end)
-        seed:int=0, progress:bool=True)->History:
-    "Train with AdamW and a linear schedule; evaluate accuracy on `eval_loader`."
+        seed:int=0, progress:bool=True,
+        optimizer:torch.optim.Optimizer=None, # your own (e.g. LoRA+'s groups); then `lr`/`weight_decay` are its groups'
+       )->History:
+    "Train with AdamW (or `optimizer`) and a linear schedule; evaluate accuracy on `eval_loader`."
     set_seed(seed)
     acc = Accelerator(cpu=not _has_accelerator())  # cpu=True is what makes torchrun's processes one gloo group on CPU
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("nothing to train: no parameter of the model requires grad")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model, opt, train_loader = acc.prepare(model, opt, train_loader)
     if eval_loader is not None: eval_loader = acc.prepare(eval_loader)
     # steps counted on the prepared loader (each process sees 1/n of the batches), and the schedule stepped by us
@@ -130,7 +132,7 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
     h.seconds = time.perf_counter() - t0
     return h
 
-# %% ../nbs/03_train.ipynb #43d272af
+# %% ../nbs/03_train.ipynb #d8ca872e
 BASELINES = ("full", "head")
 LR = {"full": 1e-4, "head": 2e-2, "lora": 3e-3}  # tuned on BBC News, 3 epochs; other methods default to 3e-3
 METHOD_KW = {"lora": dict(r=8, alpha=16)}       # the chapter's recipe where it differs from the config default
@@ -147,7 +149,7 @@ def load_task(task:str, # `bbc` (shipped), `sst2`, or a local csv/tsv/json/parqu
     if train_size: ds["train"] = ds["train"].shuffle(seed=seed).select(range(min(train_size, len(ds["train"]))))
     return ds, col, n
 
-# %% ../nbs/03_train.ipynb #9c284754
+# %% ../nbs/03_train.ipynb #61ef31f9
 def build_model(method:str, num_labels:int, seed:int=0,
                 config:dict=None, # fields of the method's config that override the chapter's recipe, e.g. {"r": 16}
                ):
@@ -170,7 +172,7 @@ def stored_bytes(model:nn.Module)->int:
             model.save_adapter(d); return sum(f.stat().st_size for f in Path(d).iterdir())
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/03_train.ipynb #a7f75032
+# %% ../nbs/03_train.ipynb #cd7d53e5
 def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, max_length:int=64,
                batch_size:int=32, lr:float=None, seed:int=0, progress:bool=True, data=None,
                save=None, # folder: save the adapter (and task.json) there after training
@@ -196,7 +198,7 @@ def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, 
             "acc_after": h.final_accuracy, "median_step_s": h.median_step_s, "peak_rss_mb": h.peak_rss_mb,
             "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals}
 
-# %% ../nbs/03_train.ipynb #e48262c9
+# %% ../nbs/03_train.ipynb #260912b9
 def evaluate_adapter(folder, max_length:int=None, batch_size:int=128)->tuple:
     "Accuracy of an adapter saved by `run_method(..., save=folder)` on its task's test split: (accuracy, task)."
     from peft_notes.core import PeftModel
@@ -208,7 +210,7 @@ def evaluate_adapter(folder, max_length:int=None, batch_size:int=128)->tuple:
     enc = tokenize(DatasetDict({"test": ds["test"]}), tok, text_column=col, max_length=max_length or t["max_length"])
     return evaluate(model, make_loader(enc["test"], tok, batch_size)), t["task"]
 
-# %% ../nbs/03_train.ipynb #5f4a9e75
+# %% ../nbs/03_train.ipynb #a705e386
 RESULT_FIELDS = ["method", "task", "train_size", "epochs", "lr", "batch_size", "max_length", "seed", "trainable", "total", "trainable_pct", "stored_bytes", "acc_before",
                  "acc_after", "median_step_s", "peak_rss_mb", "torch_peak_mb", "train_s"]
 
@@ -231,7 +233,7 @@ def compare(methods, task:str="bbc", out=None, rows:list=None,
         if out is not None: save_results(rows, out)
     return rows
 
-# %% ../nbs/03_train.ipynb #a595899c
+# %% ../nbs/03_train.ipynb #7eacd823
 def format_table(rows:list[dict])->str:
     "The results as a plain-text table."
     head = f"{'method':<10} {'lr':>7} {'trainable':>11} {'%':>8} {'stored':>10} {'acc before':>10} {'acc after':>9} {'step s':>7} {'peak MB':>8} {'train s':>8}"
@@ -241,7 +243,7 @@ def format_table(rows:list[dict])->str:
                      f"{r['acc_before']:>10.3f} {r['acc_after']:>9.3f} {r['median_step_s']:>7.3f} {r['peak_rss_mb']:>8.0f} {r['train_s']:>8.1f}")
     return "\n".join(lines)
 
-# %% ../nbs/03_train.ipynb #8bcca57d
+# %% ../nbs/03_train.ipynb #b46c40c2
 def plot_results(rows:list[dict], out)->list[Path]:
     "Figures of a comparison: accuracy vs trainable parameters (log), median step time, peak memory."
     import matplotlib; matplotlib.use("Agg")

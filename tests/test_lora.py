@@ -147,3 +147,26 @@ def test_plain_path_where_the_fused_one_does_not_apply(case):
     if case == "two-active":   # both updates are applied
         expect = base(x) + sum(layer.lora_B[n](layer.lora_A[n](x)) * layer.scaling[n] for n in ("a", "b"))
         torch.testing.assert_close(y, expect)
+
+# --- LoRA+ ---
+from peft_notes.reparam import create_loraplus_optimizer
+from peft_notes.train import fit
+
+def test_loraplus_groups_and_lambda_one_is_plain_adamw():
+    from torch.utils.data import DataLoader
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 99, (6,), generator=g), "labels": torch.tensor(i % 2)} for i in range(16)]
+    dl = lambda: DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    def run(ratio):
+        pm = get_peft_model(tiny_bert(), LoraConfig(r=2, modules_to_save=["classifier"]))
+        opt = create_loraplus_optimizer(pm, lr=1e-2, loraplus_lr_ratio=ratio) if ratio else None
+        return pm, opt, fit(pm, dl(), epochs=2, lr=1e-2, optimizer=opt, progress=False).losses
+    pm, opt, plain = run(None)
+    pm1, opt1, one = run(1.0)
+    assert one == plain                                  # λ = 1 is the default optimizer, step for step
+    pm16, opt16, fast = run(16.0)
+    assert fast != plain
+    b = [p for n, p in pm16.named_parameters() if "lora_B" in n]
+    assert [len(g["params"]) for g in opt16.param_groups] == [len([p for p in pm16.parameters() if p.requires_grad]) - len(b), len(b)]
+    assert {id(p) for p in opt16.param_groups[1]["params"]} == {id(p) for p in b}
+    with pytest.raises(ValueError, match="loraplus_lr_ratio must be positive"): create_loraplus_optimizer(pm16, loraplus_lr_ratio=0)
