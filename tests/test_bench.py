@@ -8,7 +8,9 @@ def test_bench_quick_writes_every_ratio(tmp_path, root):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert set(res["ratios"]) == {"ours / hf step", "ours / floor step", "ours / full memory", "merged / base inference", "unmerged / base inference"}
-    assert all(v[0] > 0 for v in {**res["ratios"], **res["extra"]}.values())
+    # ratios of two positive times; at --quick sizes the RSS increases and the per-layer cost difference are noise, so not checked here
+    timed = [k for k in (*res["ratios"], *res["extra"]) if k.endswith(("step", "inference"))]
+    assert len(timed) == 7 and all({**res["ratios"], **res["extra"]}[k][0] > 0 for k in timed)
     assert res["merge_err"] < 1e-4   # the merged model computes what the unmerged one does
     m = res["memory"]
     # deterministic accounting: full fine-tuning holds gradients and AdamW state for every weight, LoRA for its own only
