@@ -22,7 +22,7 @@ memory over the pre-training level (model, optimizer object and batch already bu
 5 ms, and torch's allocator peak on a GPU; beside it, deterministic, the tensors training holds besides the weights (activations saved
 for backward, gradients, optimizer state).
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, json, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
 

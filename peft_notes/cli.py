@@ -6,7 +6,7 @@
 __all__ = ['main']
 
 # %% ../nbs/85_cli.ipynb #ab1477d1
-import argparse, json, os, sys, time
+import argparse, json, sys, time
 from dataclasses import fields
 from pathlib import Path
 
@@ -68,7 +68,7 @@ def _lr(p, spec, methods)->float|dict|None:
 def _config(p, sets:list, methods:list)->dict:
     "{method: {field: value}} from --set [METHOD.]FIELD=VALUE, each config built once here so that a bad field fails before training."
     from peft_notes.core import list_methods
-    from peft_notes.train import BASELINES, METHOD_KW
+    from peft_notes.train import BASELINES, method_config
     adapters, out = [m for m in methods if m not in BASELINES], {}
     for item in sets:
         key, eq, v = item.partition("=")
@@ -82,7 +82,7 @@ def _config(p, sets:list, methods:list)->dict:
     for m, kw in out.items():
         cls = list_methods()[m]; known = sorted(f.name for f in fields(cls))
         if bad := [k for k in kw if k not in known]: p.error(f"--set for {m}: {cls.__name__} has no field {bad[0]!r}; its fields: {', '.join(known)}")
-        try: cls(**{"modules_to_save": ["classifier"], **METHOD_KW.get(m, {}), **kw})
+        try: method_config(m, kw)
         except (TypeError, ValueError) as e: p.error(f"--set for {m}: {e}")
     return out
 
@@ -103,7 +103,7 @@ def _methods(p, spec:str)->list[str]:
 
 # %% ../nbs/85_cli.ipynb #1fab54cd
 def _compare(p, a):
-    from peft_notes.train import compare, format_table, plot_results, save_results
+    from peft_notes.train import compare, format_table, plot_results
     methods = _methods(p, a.methods); lr, config = _lr(p, a.lr, methods), _config(p, a.set, methods)
     _check_out(p, a.out); data = _data(p, a)
     print(f"peft-notes {a.cmd}: MiniLM (shipped) on {a.task}, methods {methods}, {a.epochs} epochs, seq {a.max_length} -> {a.out}", flush=True)

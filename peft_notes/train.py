@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'evaluate', 'History', 'PeakMemory', 'fit',
-           'load_task', 'build_model', 'stored_bytes', 'run_method', 'evaluate_adapter', 'save_results', 'compare',
-           'format_table', 'plot_results']
+           'load_task', 'build_model', 'method_config', 'stored_bytes', 'run_method', 'evaluate_adapter',
+           'save_results', 'compare', 'format_table', 'plot_results']
 
 # %% ../nbs/03_train.ipynb #191ecbcc
 import csv, json, math, os, tempfile, threading, time
@@ -162,8 +162,13 @@ def build_model(method:str, num_labels:int, seed:int=0,
     if config and method in BASELINES: raise ValueError(f"{method!r} is a baseline: it takes no config, got {config}")
     model, tok = load_minilm(num_labels=num_labels, seed=seed)
     if method == "head": model.requires_grad_(False); model.classifier.requires_grad_(True)
-    elif method != "full": model = get_peft_model(model, methods[method](**{"modules_to_save": ["classifier"], **METHOD_KW.get(method, {}), **(config or {})}))
+    elif method != "full": model = get_peft_model(model, method_config(method, config))
     return model, tok
+
+def method_config(method:str, config:dict=None):
+    "The harness's config for a registered `method`: the new head trained in full, the chapter's recipe (`METHOD_KW`), then `config`."
+    from peft_notes.core import list_methods
+    return list_methods()[method](**{"modules_to_save": ["classifier"], **METHOD_KW.get(method, {}), **(config or {})})
 
 def stored_bytes(model:nn.Module)->int:
     "What a method must store per task: the adapter file for a PeftModel, else the trainable weights."
