@@ -263,6 +263,8 @@ class AdapterLayer(nn.Module):
     def combine(self, x, result, name:str): raise NotImplementedError
     def get_delta_weight(self, name:str)->torch.Tensor:
         raise TypeError(f"{type(self).__name__} adapters cannot be merged into the base weight")
+    def after_load(self, name:str): "Called once adapter `name`'s tensors are loaded (PiSSA re-derives its residual base here)."
+    def release(self): "Undo what adapters did to `base_layer` itself, before the layer is unwrapped (PiSSA's residual)."
 
     def forward(self, x, *args, **kwargs):
         if self.disabled and self.merged: self.unmerge()   # disabled means: exactly the base
@@ -354,6 +356,7 @@ class PeftModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.peft_config: dict[str, PeftConfig] = {}
+        self.adapter_shared = nn.ModuleDict()  # adapter name -> frozen tensors its layers share (VeRA's random pair), saved as base_model.<name>
         self.active_adapter = adapter_name
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)
@@ -399,15 +402,15 @@ def _layers(self:PeftModel):
     return [(n, m) for n, m in self.base_model.named_modules() if isinstance(m, AdapterLayer)]
 
 @patch
-def _inject(self:PeftModel, name:str, cfg:PeftConfig):
-    "Default injection for layer methods: wrap each target (or extend its wrapper), then `modules_to_save`."
+def _inject(self:PeftModel, name:str, cfg:PeftConfig, **kw):
+    "Default injection for layer methods: wrap each target (or extend its wrapper; `kw` go to `update_layer`), then `modules_to_save`."
     targets = find_targets(self.base_model, cfg)
     for t in targets:
         m = self.base_model.get_submodule(t)
         if isinstance(m, AdapterLayer) and not isinstance(m, cfg.layer_cls):
             raise TypeError(f"{t} already holds a {type(m).__name__} adapter; one module holds adapters of one kind")
         if not isinstance(m, AdapterLayer): m = cfg.layer_cls(m); _replace(self.base_model, t, m)
-        m.update_layer(name, cfg)
+        m.update_layer(name, cfg, **kw)
     for t in cfg.modules_to_save or []:
         hits = [n for n, m in _candidate_modules(self.base_model) if match_name(n, [t])]
         if not hits: raise ValueError(f"modules_to_save: no module named {t!r}; top-level modules: {_short_list(n for n, _ in self.base_model.named_children())}")
@@ -424,6 +427,7 @@ def _remove_adapter_modules(self:PeftModel, name:str):
     for path, layer in self._layers():
         layer.delete(name)
         if not layer.adapter_names: _replace(self.base_model, path, layer.base_layer)
+    if name in self.adapter_shared: del self.adapter_shared[name]
 
 @patch
 def _restore_requires_grad(self:PeftModel):
@@ -482,6 +486,7 @@ def _adapter_tensors(self:PeftModel, name:str)->dict:
         out.update({f"base_model.model.{path}.{k}": v for k, v in layer.adapter_params(name).items()})
     params = dict(self.base_model.named_parameters())
     for n in self._base_params_to_train(name): out[f"base_model.model.{n}"] = params[n]
+    if name in self.adapter_shared: out.update({f"base_model.{k}": v for k, v in self.adapter_shared[name].state_dict(keep_vars=True).items()})
     return out
 
 # %% ../nbs/00_core.ipynb #3a8240e1
@@ -555,6 +560,7 @@ def unmerge_adapter(self:PeftModel):
 def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->nn.Module:
     if merge: self.merge_adapter(adapter_names, safe_merge=safe_merge)
     for path, layer in self._layers():
+        layer.release()
         if isinstance(layer, ModulesToSave) and merge and layer.active_adapters: keep = layer.modules_to_save[layer.active_adapters[0]]
         else: keep = layer.base_layer
         _replace(self.base_model, path, keep)
@@ -572,6 +578,31 @@ def unload(self:PeftModel)->nn.Module:
     "Take every adapter out without merging: the original model as it was."
     for _, l in self._layers(): l.unmerge()
     return self._unwrap(False)
+
+# %% ../nbs/00_core.ipynb #cf00f37f
+@patch
+def _hook(self:PeftModel, what:str):
+    "The active adapter's config hook `what`, bound to this model and adapter (None if it has none or is frozen)."
+    cfg = self.peft_config.get(self.active_adapter)
+    fn = getattr(cfg, what, None)
+    if fn is None or cfg.inference_mode: return None
+    return lambda *a: fn(self, self.active_adapter, *a)
+
+@patch
+def before_step(self:PeftModel, step:int, total:int):
+    "Call before each training forward pass (DyLoRA samples its rank here)."
+    if (f := self._hook("before_step")): f(step, total)
+
+@patch
+def extra_loss(self:PeftModel)->Optional[torch.Tensor]:
+    "A term the active method adds to the task loss (AdaLoRA's orthogonality penalty), or None."
+    f = self._hook("extra_loss")
+    return f() if f else None
+
+@patch
+def after_step(self:PeftModel, step:int, total:int):
+    "Call after each optimizer step, before zeroing the gradients (AdaLoRA's rank allocation, SoRA's proximal step)."
+    if (f := self._hook("after_step")): f(step, total)
 
 # %% ../nbs/00_core.ipynb #7c6bfe1f
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -638,6 +669,7 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
         raise ValueError("; ".join(msg))
     with torch.no_grad():
         for k, t in want.items(): t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
+    for _, layer in self._layers(): layer.after_load(name)
 
 # %% ../nbs/00_core.ipynb #1731e1b6
 @patch(cls_method=True)

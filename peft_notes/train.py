@@ -20,6 +20,7 @@ from transformers import DataCollatorWithPadding
 from tqdm.auto import tqdm
 from datasets import DatasetDict
 from .data import load_bbc, load_classification, load_sst2, tokenize
+from .core import PeftModel
 
 # %% ../nbs/03_train.ipynb #95164d0c
 def make_loader(ds, tokenizer, batch_size:int=32, shuffle:bool=False, seed:int=0)->DataLoader:
@@ -103,6 +104,7 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
     if not params: raise ValueError("nothing to train: no parameter of the model requires grad")
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model, opt, train_loader = acc.prepare(model, opt, train_loader)
+    pm = acc.unwrap_model(model) if isinstance(acc.unwrap_model(model), PeftModel) else None   # methods with training hooks
     if eval_loader is not None: eval_loader = acc.prepare(eval_loader)
     # steps counted on the prepared loader (each process sees 1/n of the batches), and the schedule stepped by us
     # once per optimizer step: accelerate's prepared scheduler would step n times per step under n processes
@@ -118,8 +120,12 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
         while step < total:
             for b in train_loader:
                 ts = time.perf_counter()
+                if pm is not None: pm.before_step(step, total)
                 loss = model(**b).loss
-                acc.backward(loss); opt.step(); sched.step(); opt.zero_grad()
+                extra = pm.extra_loss() if pm is not None else None   # AdaLoRA's penalty: trained, not logged
+                acc.backward(loss if extra is None else loss + extra); opt.step()
+                if pm is not None: pm.after_step(step, total)      # AdaLoRA/SoRA, while the gradients are there
+                sched.step(); opt.zero_grad()
                 h.losses.append(loss.item()); h.step_times.append(time.perf_counter() - ts)
                 step += 1; bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}")
                 if eval_loader is not None and eval_every and step % eval_every == 0 and step < total:

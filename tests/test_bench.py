@@ -17,3 +17,13 @@ def test_bench_quick_writes_every_ratio(tmp_path, root):
     assert m["full"]["grad_mb"] > 80 and m["full"]["optim_mb"] > 160 and m["ours"]["grad_mb"] < 1 and m["floor"]["grad_mb"] == 0
     assert m["ours"]["tensors_mb"] < m["full"]["tensors_mb"] / 10
     for line in ("ours / hf step", "ours / floor step", "unmerged / base inference"): assert line in r.stdout
+
+def test_dora_bench_quick(tmp_path, root):
+    out = tmp_path / "dora.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "dora_bench.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["step_s"]) == {"ours", "hf", "lora", "floor"} and "ours / hf DoRA step" in res["ratios"]
+    assert all(v[0] > 0 for k, v in res["ratios"].items() if k.endswith("step"))
+    assert "ours / hf DoRA step" in r.stdout

@@ -5,6 +5,8 @@ from peft_notes.core import get_peft_model
 from peft_notes.interop import from_hf_peft, to_hf_peft
 from peft_notes.models import load_minilm, tiny_bert, tiny_gpt2, tiny_llama
 from peft_notes.reparam import LoraConfig
+from peft_notes.dora import DoraConfig
+from peft_notes.vera_loha_lokr import LohaConfig, LokrConfig, VeraConfig
 
 def _train(model, x, steps=5, lr=1e-2):
     "A few real optimizer steps so that B is not zero."
@@ -60,7 +62,132 @@ def test_peft_seq_cls_task_type_brings_its_head(tmp_path):
     with torch.no_grad(): torch.testing.assert_close(ours(**x).logits, theirs(**x).logits, atol=1e-5, rtol=0)
 
 def test_peft_options_we_do_not_implement_are_refused(tmp_path):
-    theirs = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query"], use_dora=True))
+    theirs = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=2, target_modules=["query", "value"], rank_pattern={"value": 4}))
     theirs.save_pretrained(tmp_path)
     base = tiny_bert()
-    with pytest.raises(ValueError, match="use_dora"): from_hf_peft(base, tmp_path)
+    with pytest.raises(ValueError, match="rank_pattern"): from_hf_peft(base, tmp_path)
+    assert not any("lora" in n for n, _ in base.named_modules())
+
+# PiSSA / OLoRA: the base weight becomes a residual; PEFT gets the rank-2r LoRA of the update
+RESIDUAL = {"pissa-bert": (tiny_bert, dict(r=4, alpha=8, init_lora_weights="pissa", target_modules="all-linear")),
+            "pissa-gpt2-rslora": (tiny_gpt2, dict(r=4, alpha=8, init_lora_weights="pissa", use_rslora=True)),
+            "olora-llama": (tiny_llama, dict(r=4, alpha=8, init_lora_weights="olora", target_modules="all-linear"))}
+
+@pytest.mark.parametrize("case", RESIDUAL)
+def test_residual_init_exports_as_plain_lora(case, tmp_path):
+    make, kw = RESIDUAL[case]
+    x = _inputs()
+    ours = _train(get_peft_model(make(), LoraConfig(**kw)), x)
+    to_hf_peft(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(make(), tmp_path).eval()   # the original base, not the residual
+    assert theirs.peft_config["default"].r == 2 * kw["r"]
+    with torch.no_grad(): torch.testing.assert_close(theirs(**x).logits, ours(**x).logits, atol=1e-5, rtol=0)
+
+@pytest.mark.parametrize("how", ["pissa", "olora"])
+def test_residual_init_equals_peft(how, tmp_path):
+    "Same A, B and residual weight as PEFT's init; a PEFT-trained adapter, saved as is or converted, loads here."
+    x = _inputs()
+    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=how, target_modules=["q_proj", "v_proj"]))
+    ours = get_peft_model(tiny_llama(), LoraConfig(r=4, alpha=8, init_lora_weights=how, target_modules=["q_proj", "v_proj"]))
+    for (n, p), (n2, p2) in zip(sorted((k, v) for k, v in theirs.named_parameters() if "layers.0.self_attn.q_proj" in k),
+                                sorted((k, v) for k, v in ours.named_parameters() if "layers.0.self_attn.q_proj" in k)):
+        torch.testing.assert_close(p2, p, atol=1e-5, rtol=0, msg=lambda m: f"{n} vs {n2}: {m}")
+    theirs.save_pretrained(tmp_path / "init")
+    _train(theirs, x)
+    theirs.save_pretrained(tmp_path / "as_is")                     # A, B only: valid on the base PiSSA modified
+    theirs.save_pretrained(tmp_path / "lora", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    with torch.no_grad():
+        want = theirs(**x).logits
+        torch.testing.assert_close(from_hf_peft(tiny_llama(), tmp_path / "as_is")(**x).logits, want, atol=1e-5, rtol=0)
+        lora = from_hf_peft(tiny_llama(), tmp_path / "lora")
+        assert lora.peft_config["default"].r == 8 and lora.peft_config["default"].init_lora_weights is True
+        torch.testing.assert_close(lora(**x).logits, want, atol=1e-5, rtol=0)
+
+# DoRA: PEFT's LoraConfig(use_dora=True)
+DORA = {"minilm": CASES["minilm"], "llama-all-linear": CASES["llama-all-linear"], "gpt2-conv1d": (tiny_gpt2, dict(r=4, alpha=8)),
+        "bert-rslora-bias": (tiny_bert, dict(r=2, alpha=4, use_rslora=True, bias="lora_only"))}
+
+@pytest.mark.parametrize("case", DORA)
+def test_dora_both_ways(case, tmp_path):
+    make, kw = DORA[case]
+    x = _inputs(load_minilm(5)[1] if case == "minilm" else None)
+    ours = _train(get_peft_model(make(), DoraConfig(**kw)), x)
+    to_hf_peft(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(make(), tmp_path / "ours").eval()
+    assert theirs.peft_config["default"].use_dora
+    with torch.no_grad(): torch.testing.assert_close(theirs(**x).logits, ours(**x).logits, atol=1e-5, rtol=0)
+    hf_kw = {HF_KW.get(k, k): v for k, v in kw.items()}
+    if make is tiny_gpt2: hf_kw["fan_in_fan_out"] = True
+    theirs = _train(peft.get_peft_model(make(), peft.LoraConfig(use_dora=True, **hf_kw)), x)
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = from_hf_peft(make(), tmp_path / "theirs")
+    assert back.peft_config["default"].method == "dora"
+    with torch.no_grad(): torch.testing.assert_close(back(**x).logits, theirs(**x).logits, atol=1e-5, rtol=0)
+
+def test_dora_training_step_equals_peft():
+    "Same gradients as PEFT's DoRA (the norm detached in both), through our fused node."
+    x = _inputs()
+    ours = get_peft_model(tiny_llama(), DoraConfig(r=4, alpha=8, target_modules="all-linear", init_lora_weights=False))
+    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True, init_lora_weights=False))
+    pairs = []
+    with torch.no_grad():
+        for path, layer in ours._layers():
+            t = theirs.base_model.model.get_submodule(path)
+            for a, b in ((layer.lora_A["default"].weight, t.lora_A["default"].weight), (layer.lora_B["default"].weight, t.lora_B["default"].weight),
+                         (layer.lora_magnitude_vector["default"], t.lora_magnitude_vector["default"].weight)):
+                b.copy_(a); pairs.append((f"{path}: {tuple(a.shape)}", a, b))
+    for m in (ours, theirs):
+        m.train(); z = m(**x).logits; (z * torch.linspace(-1, 1, z.shape[-1])).sum().backward()
+    assert len(pairs) == 3 * 14
+    for n, a, b in pairs:  # equal to float32 rounding, relative to the gradient's own scale
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * b.grad.abs().max(), n
+
+# VeRA, LoHa, LoKr: (base, our config, PEFT's config for the same adapter)
+QV = ["query", "value"]
+FAMILY = {
+    "vera-minilm": (lambda: load_minilm(5)[0], lambda: VeraConfig(r=64, target_modules=QV, modules_to_save=["classifier"]),
+                    lambda: peft.VeraConfig(r=64, target_modules=QV, modules_to_save=["classifier"])),
+    "vera-llama-seed-only": (tiny_llama, lambda: VeraConfig(r=8, target_modules="all-linear", save_projection=False, projection_prng_key=7),
+                             lambda: peft.VeraConfig(r=8, target_modules="all-linear", save_projection=False, projection_prng_key=7)),
+    "vera-gpt2-conv1d": (tiny_gpt2, lambda: VeraConfig(r=8), lambda: peft.VeraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True)),
+    "loha-bert": (tiny_bert, lambda: LohaConfig(r=4, alpha=8, target_modules=QV), lambda: peft.LoHaConfig(r=4, alpha=8, target_modules=QV)),
+    "loha-llama": (tiny_llama, lambda: LohaConfig(r=2, alpha=4, target_modules="all-linear"), lambda: peft.LoHaConfig(r=2, alpha=4, target_modules="all-linear")),
+    "lokr-bert": (tiny_bert, lambda: LokrConfig(r=4, alpha=8, target_modules=QV), lambda: peft.LoKrConfig(r=4, alpha=8, target_modules=QV)),
+    "lokr-llama": (tiny_llama, lambda: LokrConfig(r=2, alpha=4, target_modules="all-linear"), lambda: peft.LoKrConfig(r=2, alpha=4, target_modules="all-linear")),
+    "lokr-minilm-decompose-both": (lambda: load_minilm(5)[0], lambda: LokrConfig(r=4, alpha=8, decompose_both=True, target_modules=QV),
+                                   lambda: peft.LoKrConfig(r=4, alpha=8, decompose_both=True, target_modules=QV)),
+}
+
+@pytest.mark.parametrize("case", FAMILY)
+def test_family_both_ways(case, tmp_path):
+    make, ours_cfg, hf_cfg = FAMILY[case]
+    x = _inputs(load_minilm(5)[1] if "minilm" in case else None)
+    ours = _train(get_peft_model(make(), ours_cfg()), x)
+    with torch.no_grad(): assert not torch.allclose(ours(**x).logits, make()(**x).logits)
+    to_hf_peft(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(make(), tmp_path / "ours").eval()
+    with torch.no_grad(): torch.testing.assert_close(theirs(**x).logits, ours(**x).logits, atol=1e-5, rtol=0)
+    theirs = _train(peft.get_peft_model(make(), hf_cfg()), x)
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = from_hf_peft(make(), tmp_path / "theirs")
+    assert back.peft_config["default"].method == ours_cfg().method
+    with torch.no_grad(): torch.testing.assert_close(back(**x).logits, theirs(**x).logits, atol=1e-5, rtol=0)
+
+def test_vera_shared_pair_is_peft_s():
+    "Drawn from the same seed, our shared pair is PEFT's bit for bit (what save_projection=False relies on)."
+    ours = get_peft_model(tiny_llama(), VeraConfig(r=8, target_modules="all-linear", projection_prng_key=3))
+    theirs = peft.get_peft_model(tiny_llama(), peft.VeraConfig(r=8, target_modules="all-linear", projection_prng_key=3))
+    assert torch.equal(ours.adapter_shared["default"].vera_A, theirs.base_model.vera_A["default"])
+    assert torch.equal(ours.adapter_shared["default"].vera_B, theirs.base_model.vera_B["default"])
+
+def test_loha_lokr_on_conv1d_refused_for_peft(tmp_path):
+    for cfg in (LohaConfig(r=2), LokrConfig(r=2)):
+        with pytest.raises(ValueError, match="does not wrap transformers' Conv1D"): to_hf_peft(get_peft_model(tiny_gpt2(), cfg), tmp_path)
+    assert not (tmp_path / "adapter_config.json").exists()
+
+def test_lokr_factorization_is_peft_s():
+    from peft.tuners.lokr.layer import factorization as theirs
+    from peft_notes.vera_loha_lokr import factorization
+    for dim in list(range(1, 300)) + [384, 1536, 4096, 11008, 14336]:
+        for f in (-1, 2, 4, 8, 16, 5):
+            assert factorization(dim, f) == theirs(dim, f), (dim, f)
