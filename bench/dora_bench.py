@@ -1,12 +1,12 @@
 """DoRA's training step against Hugging Face PEFT's DoRA, as ratios measured in one run (issue 4's goal: <= 0.9).
 
-    .venv/bin/python bench/dora_bench.py --rounds 12 --out results/bench_dora_cpu.json   # about 4 minutes on 2 cores
+    .venv/bin/python bench/dora_bench.py --rounds 24 --out results/bench_dora_cpu.json   # about 7 minutes on 2 cores
     .venv/bin/python bench/dora_bench.py --quick                                          # smoke run (the test)
 
 The setting of `lora_bench.py`: the shipped MiniLM, a batch of 32 x 64 tokens, r=8, alpha=16 on query and
 value, dropout 0, head frozen; a step is forward, backward, AdamW step, zero_grad. Rows: ours (peft_notes
-DoRA), hf (PEFT's `LoraConfig(use_dora=True)`), lora (our LoRA, for what DoRA adds) and floor (every
-weight frozen, gradient through every layer). Timings interleaved and paired, as in lora_bench.py. A
+DoRA), hf (PEFT's `LoraConfig(use_dora=True)`), lora and hf_lora (our LoRA and PEFT's, for what DoRA adds
+and for LoRA's own ratio) and floor (every weight frozen, gradient through every layer). Timings interleaved and paired, as in lora_bench.py. A
 last timing isolates DoRA's own cost on one 384x384 projection (2,048 tokens, forward + backward): each
 layer minus the frozen layer alone.
 """
@@ -56,12 +56,14 @@ def main(argv=None):
     print(f"MiniLM, batch {a.batch}x{a.seq}, DoRA r=8 on query,value; {a.rounds} rounds x {a.steps} steps, {torch.get_num_threads()} threads, {dev}", flush=True)
     x = _batch(a.batch, a.seq, dev)
     torch.manual_seed(0)
-    models = {"ours": build_dora("ours", dev), "hf": build_dora("hf", dev), "lora": build("ours", dev), "floor": build("floor", dev)}
+    models = {"ours": build_dora("ours", dev), "hf": build_dora("hf", dev), "lora": build("ours", dev), "hf_lora": build("hf", dev), "floor": build("floor", dev)}
     t = interleaved({r: (lambda m=m, o=o: step(m, o, x)) for r, (m, o) in models.items()}, a.rounds, a.steps, a.warmup, dev)
     del models
     layer_s, layer_ratio = layer_bench(a.rounds, a.steps, a.warmup, dev)
     ratios = {"ours / hf DoRA step": ratio(t, "ours", "hf"), "ours DoRA / ours LoRA step": ratio(t, "ours", "lora"),
               "hf DoRA / ours LoRA step": ratio(t, "hf", "lora"), "ours DoRA / floor step": ratio(t, "ours", "floor"),
+              "hf DoRA / floor step": ratio(t, "hf", "floor"), "ours LoRA / hf LoRA step": ratio(t, "lora", "hf_lora"),
+              "ours LoRA / floor step": ratio(t, "lora", "floor"),
               "layer: DoRA's own cost, ours / hf": (layer_ratio,) * 3}
     print("median step (ms): " + "  ".join(f"{r} {1000 * statistics.median(v):.1f}" for r, v in t.items()))
     print("one 384x384 layer, 2048 tokens, fwd+bwd (ms): " + "  ".join(f"{r} {1000 * s:.2f}" for r, s in layer_s.items()))

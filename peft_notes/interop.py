@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['CONVERTERS', 'HF_TYPES', 'lora_to_hf', 'lora_from_hf', 'dora_to_hf', 'vera_to_hf', 'vera_from_hf', 'loha_to_hf',
-           'loha_from_hf', 'lokr_to_hf', 'lokr_from_hf', 'to_hf_peft', 'from_hf_peft']
+           'loha_from_hf', 'lokr_to_hf', 'lokr_from_hf', 'adalora_to_hf', 'adalora_from_hf', 'to_hf_peft',
+           'from_hf_peft']
 
 # %% ../nbs/81_interop.ipynb #d103f196
 import json
@@ -131,9 +132,47 @@ def lokr_from_hf(d, tensors):
                       init_weights=d.get("init_weights", True) is not False, **_common_kw(d, tensors)), tensors
 
 # %% ../nbs/81_interop.ipynb #29746bff
+def _adalora_layers(tensors:dict)->list[str]:
+    "The module paths (below base_model.model.) that carry AdaLoRA tensors."
+    return sorted({k.removeprefix("base_model.model.").removesuffix(".lora_E") for k in tensors if k.endswith(".lora_E")})
+
+def adalora_to_hf(cfg, targets, tensors):
+    "PEFT's AdaLoraConfig for ours; pruned ranks cut out of the tensors as PEFT saves them."
+    pattern = {f"{p}.lora_E": keep for p, keep in (cfg.rank_pattern or {}).items()}
+    tensors = dict(tensors)
+    for p in _adalora_layers(tensors) if cfg.rank_pattern else []:
+        keep = torch.tensor(cfg.rank_pattern[p]); k = f"base_model.model.{p}."
+        tensors[k + "lora_A"], tensors[k + "lora_E"], tensors[k + "lora_B"] = tensors[k + "lora_A"][keep], tensors[k + "lora_E"][keep], tensors[k + "lora_B"][:, keep]
+    return {"peft_type": "ADALORA", "r": 8, "init_r": cfg.init_r, "target_r": cfg.target_r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+            "tinit": cfg.tinit, "tfinal": cfg.tfinal, "deltaT": cfg.deltaT, "beta1": cfg.beta1, "beta2": cfg.beta2, "orth_reg_weight": cfg.orth_reg_weight,
+            "total_step": cfg.total_step or cfg.tinit + cfg.tfinal + 1, "rank_pattern": pattern or None, "bias": "none", "fan_in_fan_out": False,
+            "init_lora_weights": True, "use_rslora": False, "use_dora": False, **_shared_fields(cfg, targets)}, tensors
+
+def adalora_from_hf(d, tensors):
+    "Our AdaloraConfig from PEFT's; ranks PEFT cut out come back as zeros in their places."
+    from peft_notes.rank_adaptive import AdaloraConfig
+    _refuse(d, {"use_dora": False, "use_rslora": False, "bias": "none", "alpha_pattern": {}, "lora_bias": False}, "AdaLoRA")
+    r0, tensors, pattern = d.get("init_r", 12), dict(tensors), {}
+    for key, keep in (d.get("rank_pattern") or {}).items():
+        p = key.removesuffix(".lora_E"); k = f"base_model.model.{p}."
+        if k + "lora_E" not in tensors: continue
+        keep = torch.tensor(keep, dtype=torch.bool); pattern[p] = keep.tolist()
+        A, E, B = tensors[k + "lora_A"], tensors[k + "lora_E"], tensors[k + "lora_B"]
+        if A.shape[0] == r0: continue
+        full = lambda t, shape: t.new_zeros(shape)
+        tensors[k + "lora_A"] = full(A, (r0, A.shape[1])).index_copy_(0, keep.nonzero().view(-1), A)
+        tensors[k + "lora_E"] = full(E, (r0, 1)).index_copy_(0, keep.nonzero().view(-1), E)
+        tensors[k + "lora_B"] = full(B, (B.shape[0], r0)).index_copy_(1, keep.nonzero().view(-1), B)
+    cfg = AdaloraConfig(init_r=r0, target_r=d.get("target_r", 8), alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0),
+                        tinit=d.get("tinit", 0), tfinal=d.get("tfinal", 0), deltaT=d.get("deltaT", 1), beta1=d.get("beta1", 0.85),
+                        beta2=d.get("beta2", 0.85), orth_reg_weight=d.get("orth_reg_weight", 0.5), total_step=d.get("total_step"),
+                        rank_pattern=pattern or None, **_common_kw(d, tensors))
+    return cfg, tensors
+
+# %% ../nbs/81_interop.ipynb #6670e8c7
 CONVERTERS = {"lora": (lora_to_hf, lora_from_hf), "dora": (dora_to_hf, lora_from_hf), "vera": (vera_to_hf, vera_from_hf),
-              "loha": (loha_to_hf, loha_from_hf), "lokr": (lokr_to_hf, lokr_from_hf)}  # ours -> (to PEFT, from PEFT): config and tensors
-HF_TYPES = {"LORA": "lora", "VERA": "vera", "LOHA": "loha", "LOKR": "lokr"}  # PEFT's peft_type -> the converter to read it with
+              "loha": (loha_to_hf, loha_from_hf), "lokr": (lokr_to_hf, lokr_from_hf), "adalora": (adalora_to_hf, adalora_from_hf)}  # ours -> (to PEFT, from PEFT)
+HF_TYPES = {"LORA": "lora", "VERA": "vera", "LOHA": "loha", "LOKR": "lokr", "ADALORA": "adalora"}  # PEFT's peft_type -> the converter to read it with
 
 # %% ../nbs/81_interop.ipynb #ef6377b0
 def to_hf_peft(model:PeftModel, # a PeftModel of ours

@@ -168,20 +168,20 @@ class DyloraLayer(LoraLayer):
         self.eval_rank[name] = cfg.eval_rank or cfg.r
         self.frozen[name], self.alpha[name] = cfg.frozen, cfg.alpha
 
-    def _AB(self, name):
-        b = self.train_rank[name] if self.training else self.eval_rank[name]
+    def _AB(self, name, train:bool):
+        b = self.train_rank[name] if train else self.eval_rank[name]
         A, B = self.lora_A[name].weight[:b], self.lora_B[name].weight[:, :b]
-        if self.training and self.frozen[name] and b > 1:   # only the b-th component learns this step
+        if train and self.frozen[name] and b > 1:   # only the b-th component learns this step
             A = torch.cat([A[:-1].detach(), A[-1:]]); B = torch.cat([B[:, :-1].detach(), B[:, -1:]], 1)
         return A, B, self.alpha[name] / b
 
     def combine(self, x, result, name):
-        A, B, s = self._AB(name)
+        A, B, s = self._AB(name, self.training)
         x = self.lora_dropout[name](x.to(A.dtype))
         return result + ((x @ A.T) @ B.T * s).to(result.dtype)
 
-    def get_delta_weight(self, name):
-        A, B, s = self._AB(name)
+    def get_delta_weight(self, name):   # merging is for inference: always at eval_rank, so unmerge undoes it exactly
+        A, B, s = self._AB(name, False)
         d = (B @ A) * s
         return d.T if self.fan_in_fan_out else d
 

@@ -36,3 +36,19 @@ def test_default_targets(name):
         y = pm(**x).logits
         assert not torch.allclose(y, y0)            # the adapters are in the computation
         with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
+
+FAMILY = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr"]
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "t5", "vit"])
+@pytest.mark.parametrize("method", FAMILY)
+def test_every_reparam_method_with_its_defaults(method, name):
+    "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
+    from peft_notes.core import list_methods
+    torch.manual_seed(0); base = ARCHS[name]().eval()
+    x = _inputs(name)
+    with torch.no_grad(): y0 = base(**x).logits.clone()
+    pm = get_peft_model(base, list_methods()[method]())
+    assert len([m for _, m in pm._layers()]) >= 2
+    with torch.no_grad():
+        torch.testing.assert_close(pm(**x).logits, y0, atol=1e-6, rtol=0)   # every method starts at the base
+        with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)

@@ -24,6 +24,15 @@ def test_dora_bench_quick(tmp_path, root):
                        capture_output=True, text=True, timeout=900, cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["step_s"]) == {"ours", "hf", "lora", "floor"} and "ours / hf DoRA step" in res["ratios"]
+    assert set(res["step_s"]) == {"ours", "hf", "lora", "hf_lora", "floor"} and "ours / hf DoRA step" in res["ratios"]
     assert all(v[0] > 0 for k, v in res["ratios"].items() if k.endswith("step"))
     assert "ours / hf DoRA step" in r.stdout
+
+def test_family_memory_quick(tmp_path, root):
+    out = tmp_path / "mem.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "family_memory.py"), "--methods", "full,dora,adalora", "--batch", "2", "--seq", "8",
+                        "--steps", "2", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(out.read_text())
+    # deterministic: full fine-tuning holds gradients + AdamW state for every weight, the adapters for theirs
+    assert m["full"]["grad_mb"] > 80 and m["dora"]["grad_mb"] < 1 and m["adalora"]["optim_mb"] < 2 * m["adalora"]["grad_mb"] + 1e-3

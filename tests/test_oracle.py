@@ -191,3 +191,44 @@ def test_lokr_factorization_is_peft_s():
     for dim in list(range(1, 300)) + [384, 1536, 4096, 11008, 14336]:
         for f in (-1, 2, 4, 8, 16, 5):
             assert factorization(dim, f) == theirs(dim, f), (dim, f)
+
+# AdaLoRA: the inference form. PEFT cuts pruned ranks out of its files; ours keeps them as zeros
+from peft_notes.rank_adaptive import AdaloraConfig
+
+def _adalora_run(pm, x, steps=12):
+    "Train with the hooks, so that ranks are really pruned and a rank_pattern is written."
+    opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=2e-2)
+    pm.train()
+    for t in range(steps):
+        z = pm(**x).logits
+        loss = torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), torch.zeros(z.shape[:-1], dtype=torch.long).reshape(-1))
+        loss = loss + pm.extra_loss(); loss.backward(); opt.step(); pm.after_step(t, steps); opt.zero_grad()
+    return pm.eval()
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
+def test_adalora_ours_loads_in_peft(make, tmp_path):
+    x = _inputs()
+    ours = _adalora_run(get_peft_model(make(), AdaloraConfig(init_r=6, target_r=3, tinit=2, tfinal=4, total_step=12, target_modules="all-linear")), x)
+    pattern = ours.peft_config["default"].rank_pattern
+    assert pattern and sum(map(sum, pattern.values())) == 3 * len(pattern)
+    to_hf_peft(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(make(), tmp_path).eval()
+    assert {tuple(m.lora_E["default"].shape) for m in theirs.modules() if hasattr(m, "lora_E") and "default" in m.lora_E} != {(6, 1)}  # PEFT rebuilt the pruned shapes
+    with torch.no_grad(): torch.testing.assert_close(theirs(**x).logits, ours(**x).logits, atol=1e-5, rtol=0)
+    back = from_hf_peft(make(), tmp_path)
+    assert back.peft_config["default"].rank_pattern == pattern
+    with torch.no_grad(): torch.testing.assert_close(back(**x).logits, ours(**x).logits, atol=1e-6, rtol=0)
+
+def test_adalora_peft_trained_loads_here(tmp_path):
+    x = _inputs()
+    theirs = peft.get_peft_model(tiny_bert(), peft.AdaLoraConfig(init_r=6, target_r=3, tinit=2, tfinal=4, total_step=12, target_modules=["query", "value"]))
+    opt = torch.optim.Adam([p for p in theirs.parameters() if p.requires_grad], lr=2e-2)
+    theirs.train()
+    for t in range(12):
+        z = theirs(**x).logits
+        loss = torch.nn.functional.cross_entropy(z, torch.zeros(z.shape[0], dtype=torch.long))
+        loss.backward(); opt.step(); theirs.base_model.update_and_allocate(t); opt.zero_grad()
+    theirs.eval(); theirs.save_pretrained(tmp_path)
+    ours = from_hf_peft(tiny_bert(), tmp_path)
+    assert ours.peft_config["default"].rank_pattern is not None
+    with torch.no_grad(): torch.testing.assert_close(ours(**x).logits, theirs(**x).logits, atol=1e-5, rtol=0)

@@ -160,3 +160,9 @@ def test_sora_proximal_step_is_soft_thresholding():
     pm.after_step(0, 1)
     torch.testing.assert_close(l.lora_gate["default"], torch.tensor([0.4, 0.0, -0.2, 0.0]))
     assert ranks_left(pm)["bert.encoder.layer.0.attention.self.query"] == 2
+
+def test_dylora_merge_in_training_mode_uses_the_eval_rank():
+    pm = _nudge(get_peft_model(tiny_bert(), DyloraConfig(r=8, target_modules=["query"])))
+    w = pm.base_model.bert.encoder.layer[0].attention.self.query.base_layer.weight.detach().clone()
+    pm.train(); pm.before_step(3, 10); pm.merge_adapter(); pm.before_step(4, 10); pm.eval(); pm.unmerge_adapter()
+    torch.testing.assert_close(pm.base_model.bert.encoder.layer[0].attention.self.query.base_layer.weight, w, atol=1e-6, rtol=0)
