@@ -184,7 +184,9 @@ class LokrLayer(DeltaLayer):
         (a, b), (c, d) = factorization(self.out_features, cfg.decompose_factor), factorization(self.in_features, cfg.decompose_factor)
         self._shape[name] = (a, b, c, d)
         kw = dict(device=self.base_layer.weight.device, dtype=self.dtype)
-        new = lambda attr, *shape: getattr(self, attr).__setitem__(name, nn.Parameter(torch.empty(shape, **kw))) or getattr(self, attr)[name]
+        def new(attr, *shape):   # a fresh parameter for this adapter under PEFT's name `attr`
+            p = getattr(self, attr)[name] = nn.Parameter(torch.empty(shape, **kw))
+            return p
         if cfg.decompose_both and cfg.r < max(a, c) / 2: w1 = [new("lokr_w1_a", a, cfg.r), new("lokr_w1_b", cfg.r, c)]
         else: w1 = [new("lokr_w1", a, c)]
         w2 = [new("lokr_w2", b, d)] if cfg.r >= max(b, d) / 2 else [new("lokr_w2_a", b, cfg.r), new("lokr_w2_b", cfg.r, d)]
