@@ -140,10 +140,9 @@ def after_step(self:AdaloraConfig, pm, name:str, step:int, total:int):
     "Importance update, then masking to the budget (or to the final pattern once it is fixed)."
     T = self.total_step or total
     layers = _ada_layers(pm, name)
-    if step < T - self.tfinal:
-        for _, l in layers: l.update_importance(name, self.beta1, self.beta2)
     b0, bT = self.init_r * len(layers), self.target_r * len(layers)
     if step < T - self.tfinal:
+        for _, l in layers: l.update_importance(name, self.beta1, self.beta2)
         if step > self.tinit and step % self.deltaT == 0:   # the latest pattern is kept in the config, as PEFT does
             self.rank_pattern = self.mask_to_budget(pm, name, adalora_budget(step, T, b0, bT, self.tinit, self.tfinal))
     elif step == T - self.tfinal:
