@@ -21,7 +21,7 @@ def build_dora(row, device):
     base = load_minilm(2)[0].to(device)
     if row == "ours":
         from peft_notes.core import get_peft_model
-        from peft_notes.dora import DoraConfig
+        from peft_notes.reparam import DoraConfig
         model = get_peft_model(base, DoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
     else:
         import peft
@@ -32,7 +32,7 @@ def layer_bench(rounds, steps, warmup, device, tokens=2048, d=384):
     "Forward + backward of one d x d projection: frozen alone, ours, PEFT's DoRA layer (B non-zero in both)."
     import peft
     from torch import nn
-    from peft_notes.dora import DoraConfig, DoraLayer
+    from peft_notes.reparam import DoraConfig, DoraLayer
     torch.manual_seed(0)
     base = nn.Linear(d, d).to(device).requires_grad_(False)
     ours = DoraLayer(base); ours.update_layer("default", DoraConfig(r=8, alpha=16, init_lora_weights=False)); ours.set_active(["default"])

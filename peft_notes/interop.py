@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 import torch
 from torch import nn
-from .core import (CONFIG_NAME, WEIGHTS_NAME, PeftModel, _atomic_write, find_targets, match_name,
+from .core import (CONFIG_NAME, WEIGHTS_NAME, PeftModel, atomic_write, find_targets, match_name,
                              read_safetensors, list_methods)
 from safetensors.torch import save_file
 
@@ -71,7 +71,7 @@ def lora_from_hf(d:dict, tensors:dict)->tuple:
               init_lora_weights=how, layers_to_transform=d.get("layers_to_transform"), layers_pattern=d.get("layers_pattern"),
               modules_to_save=_saved_heads(d, tensors), base_model_name_or_path=d.get("base_model_name_or_path"))
     if d.get("use_dora"):
-        from peft_notes.dora import DoraConfig
+        from peft_notes.reparam import DoraConfig
         return DoraConfig(**kw), tensors
     return LoraConfig(**kw), tensors
 
@@ -103,7 +103,7 @@ def vera_to_hf(cfg, targets, tensors):
             "init_weights": True, **{k: v for k, v in _shared_fields(cfg, targets).items() if k != "exclude_modules"}}, tensors  # PEFT's VeraConfig has no exclude_modules
 
 def vera_from_hf(d, tensors):
-    from peft_notes.vera_loha_lokr import VeraConfig
+    from peft_notes.reparam import VeraConfig
     _refuse(d, {"bias": "none"}, "VeRA")
     return VeraConfig(r=d["r"], d_initial=d.get("d_initial", 0.1), projection_prng_key=d.get("projection_prng_key", 0),
                       save_projection=d.get("save_projection", True), dropout=d.get("vera_dropout", 0.0), **_common_kw(d, tensors)), tensors
@@ -116,7 +116,7 @@ def loha_to_hf(cfg, targets, tensors):
             "init_weights": cfg.init_weights, "rank_pattern": {}, "alpha_pattern": {}, **_shared_fields(cfg, targets)}, tensors
 
 def loha_from_hf(d, tensors):
-    from peft_notes.vera_loha_lokr import LohaConfig
+    from peft_notes.reparam import LohaConfig
     _refuse(d, _LYCORIS_UNSUPPORTED, "LoHa")
     return LohaConfig(r=d["r"], alpha=d.get("alpha", 8), init_weights=d.get("init_weights", True) is not False, **_common_kw(d, tensors)), tensors
 
@@ -126,7 +126,7 @@ def lokr_to_hf(cfg, targets, tensors):
             "init_weights": cfg.init_weights, "rank_pattern": {}, "alpha_pattern": {}, **_shared_fields(cfg, targets)}, tensors
 
 def lokr_from_hf(d, tensors):
-    from peft_notes.vera_loha_lokr import LokrConfig
+    from peft_notes.reparam import LokrConfig
     _refuse(d, _LYCORIS_UNSUPPORTED, "LoKr")
     return LokrConfig(r=d["r"], alpha=d.get("alpha", 8), decompose_both=d.get("decompose_both", False), decompose_factor=d.get("decompose_factor", -1),
                       init_weights=d.get("init_weights", True) is not False, **_common_kw(d, tensors)), tensors
@@ -150,7 +150,7 @@ def adalora_to_hf(cfg, targets, tensors):
 
 def adalora_from_hf(d, tensors):
     "Our AdaloraConfig from PEFT's; ranks PEFT cut out come back as zeros in their places."
-    from peft_notes.rank_adaptive import AdaloraConfig
+    from peft_notes.reparam import AdaloraConfig
     _refuse(d, {"use_dora": False, "use_rslora": False, "bias": "none", "alpha_pattern": {}, "lora_bias": False}, "AdaLoRA")
     r0, tensors, pattern = d.get("init_r", 12), dict(tensors), {}
     for key, keep in (d.get("rank_pattern") or {}).items():
@@ -191,7 +191,7 @@ def to_hf_peft(model:PeftModel, # a PeftModel of ours
     hf, tensors = CONVERTERS[cfg.method][0](cfg, targets, tensors)
     if conv1d: hf["fan_in_fan_out"] = True
     hf["base_model_name_or_path"] = hf.get("base_model_name_or_path") or getattr(getattr(model.base_model, "config", None), "_name_or_path", None) or None
-    _atomic_write({WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt"}),
+    atomic_write({WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt"}),
                    CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(hf, indent=2, sort_keys=True))}, Path(save_directory))
 
 # %% ../nbs/81_interop.ipynb #8394fe67

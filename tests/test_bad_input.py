@@ -88,7 +88,7 @@ def test_missing_files(tmp_path):
 def test_interrupted_save_keeps_the_earlier_adapter(saved, monkeypatch):
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
     pm = get_peft_model(tiny_bert(), LoraConfig(r=2, init_lora_weights=False, modules_to_save=["classifier"]))
-    import peft_notes.core as core
+    import peft_notes.core.files as core
     def boom(tensors, path, metadata=None):
         open(path, "wb").write(b"half a file"); raise OSError("disk full (simulated)")
     monkeypatch.setattr(core, "save_file", boom)
@@ -136,4 +136,4 @@ def test_load_without_importing_the_family(saved):
     code = ("import sys; from peft_notes.core import PeftModel; from peft_notes.models import tiny_bert; "
             f"m = PeftModel.from_pretrained(tiny_bert(), {str(saved)!r}); print(type(m.peft_config['default']).__module__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "peft_notes.reparam", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "peft_notes.methods.reparameterized.lora", r.stderr

