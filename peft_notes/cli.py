@@ -14,7 +14,11 @@ from pathlib import Path
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peft-notes", description="Parameter-efficient fine-tuning, from the peft-notes textbook.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    def plugins(s):
+        s.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="a module (dotted name or .py file) that registers more methods; repeatable")
     def common(s, methods=True):
+        plugins(s)
         s.add_argument("--task", default="bbc", help="bbc (shipped, default), sst2 (PEFT_NOTES_DATA or the hub), a local "
                        "csv/tsv/json/jsonl/parquet file or folder, or a datasets hub name[:config]")
         s.add_argument("--text-column", default=None, help="text column of a csv/json/hub task (default: text, sentence, or the only string column)")
@@ -37,7 +41,7 @@ def _parser()->argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one method and save its adapter"); common(s)
     s.add_argument("--method", default="lora"); s.add_argument("--save", required=True, help="folder for the adapter")
     s = sub.add_parser("eval", help="evaluate a saved adapter on its task's test split")
-    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--batch-size", type=int, default=128); plugins(s)
     s.add_argument("--adapter", required=True); s.add_argument("--max-length", type=int, default=None)
     return p
 
@@ -146,4 +150,8 @@ def main(argv=None)->int:
     if getattr(a, "batch_size", 1) <= 0: p.error("--batch-size must be positive")
     if getattr(a, "max_length", None) is not None and a.max_length <= 0: p.error("--max-length must be positive")
     import datasets; datasets.disable_progress_bars()  # the training bar is the one worth watching
+    from peft_notes.core import import_methods
+    for m in a.imports:
+        try: import_methods(m)
+        except (ImportError, FileNotFoundError, SyntaxError, ValueError, TypeError) as e: p.error(f"--import {m}: {type(e).__name__}: {e}")
     return {"compare": _compare, "demo": _compare, "train": _train, "eval": _eval}[a.cmd](p, a)

@@ -31,7 +31,7 @@ def _check_train(pm, inputs, steps, lr):
     "Train a few steps on a fixed batch; return (loss before, loss after)."
     z = _logits(pm(**inputs))
     labels = torch.randint(0, z.shape[-1], z.shape[:-1], generator=torch.Generator().manual_seed(2))
-    adapter = {id(p) for p in pm._adapter_tensors(pm.active_adapter).values() if isinstance(p, nn.Parameter)}  # buffers (PiSSA's A0, B0) are saved, not trained
+    adapter = {id(p) for p in pm.adapter_state_dict().values() if isinstance(p, nn.Parameter)}  # buffers (PiSSA's A0, B0) are saved, not trained
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable, "no parameter requires grad after get_peft_model"
     assert {id(p) for p in trainable} == adapter, "the trainable parameters are not exactly the adapter's tensors"

@@ -47,8 +47,7 @@ class DoraLayer(LoraLayer):
 
     def weight_norm(self, name:str)->torch.Tensor:
         "||W + sBA|| per output row, detached: the paper's §4.3 constant."
-        W = self.base_layer.weight.detach()
-        W = W.T if self.fan_in_fan_out else W
+        W = self.weight_oi().detach()
         A, B = self.lora_A[name].weight.detach(), self.lora_B[name].weight.detach()
         return dora_norm(W.to(A.dtype), A, B, self.scaling[name])
 
@@ -57,8 +56,7 @@ class DoraLayer(LoraLayer):
         A, B, s, m = self.lora_A[name], self.lora_B[name], self.scaling[name], self.lora_magnitude_vector[name]
         xd = self.lora_dropout[name](x.to(A.weight.dtype))
         g = m / self.weight_norm(name)                                            # (d_out,)
-        W = self.base_layer.weight.to(A.weight.dtype)
-        base = nn.functional.linear(xd, W.T if self.fan_in_fan_out else W)    # W x_d, without the bias
+        base = nn.functional.linear(xd, self.weight_oi().to(A.weight.dtype))  # W x_d, without the bias
         return result + ((g - 1) * base + g * s * B(A(xd))).to(result.dtype)
 
 # %% ../../../nbs/11_dora.ipynb #44ea1cc0
@@ -105,6 +103,13 @@ class DoraConfig(LoraConfig):
             raise ValueError(f"DoraConfig.init_lora_weights={self.init_lora_weights!r}: DoRA normalises the base weight, "
                              "which PiSSA/OLoRA replace by a residual; use True, False or 'gaussian'")
 
+# %% ../../../nbs/11_dora.ipynb #efb8a825
+@patch
+def to_hf(self:DoraConfig, ctx, tensors:dict)->tuple[dict, dict]:
+    "PEFT's config and tensors for a DoRA adapter: LoRA's, with `use_dora`."
+    d, tensors = LoraConfig.to_hf(self, ctx, tensors)
+    return {**d, "use_dora": True}, tensors
+
 # %% ../../../nbs/11_dora.ipynb #d571e9ab
 class DoraLinearFn(torch.autograd.Function):
     "DoRA on a Linear/Conv1D in one autograd node: y = b + g·(xWᵀ + s·xAᵀBᵀ), g = m/n with n constant."
@@ -145,13 +150,13 @@ class DoraLinearFn(torch.autograd.Function):
 
 # %% ../../../nbs/11_dora.ipynb #fa23e869
 @patch
-def forward(self:DoraLayer, x, *args, **kwargs):
-    names, base = self.active_adapters, self.base_layer
+def forward(self:DoraLayer, *args, **kwargs):
+    names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
     n = names[0] if len(names) == 1 else None
-    fast = (n in self.lora_magnitude_vector and not (self.disabled or self.merged or args or kwargs)
+    fast = (x is not None and n in self.lora_magnitude_vector and not (self.disabled or self.merged)
             and type(base) in (nn.Linear, Conv1D) and x.dtype == base.weight.dtype == self.lora_A[n].weight.dtype
             and not torch.is_autocast_enabled(x.device.type) and set(self.lora_init) <= {n}
             and not (self.training and isinstance(self.lora_dropout[n], nn.Dropout)))
-    if not fast: return self.forward_plain(x, *args, **kwargs)   # not LoraLayer.forward: its fast path is plain LoRA's
+    if not fast: return self.forward_plain(*args, **kwargs)   # not LoraLayer.forward: its fast path is plain LoRA's
     return DoraLinearFn.apply(x, base.weight, base.bias, self.lora_A[n].weight, self.lora_B[n].weight,
                               self.lora_magnitude_vector[n], self.weight_norm(n), self.scaling[n], self.fan_in_fan_out)

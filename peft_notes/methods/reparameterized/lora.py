@@ -13,28 +13,24 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
-from ...core import AdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, register_method
+from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, layer_input, register_method
 
 # %% ../../../nbs/10_lora.ipynb #738ead2d
-class LoraLayer(AdapterLayer):
+class LoraLayer(LinearAdapterLayer):
     "A frozen `Linear`/`Conv1D` plus, per adapter, a low-rank update `B A x · α/r`."
     adapter_layer_names = ("lora_A", "lora_B", "lora_init")  # lora_init: PiSSA/OLoRA's frozen (A0, B0), see below
     other_param_names = ("lora_dropout", "scaling", "_residual")
-    wraps = (nn.Linear, Conv1D)
 
     def __init__(self, base_layer):
-        super().__init__(base_layer)
-        w = base_layer.weight
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)   # Conv1D weight is (d_in, d_out)
-        self.in_features, self.out_features = (w.shape if self.fan_in_fan_out else w.shape[::-1])
+        super().__init__(base_layer)    # in_features, out_features, fan_in_fan_out (Conv1D): core's LinearAdapterLayer
         self.lora_A, self.lora_B, self.lora_dropout, self.lora_init = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.scaling, self._residual = {}, {}
 
     def update_layer(self, name:str, cfg):
-        w = self.base_layer.weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype  # train the adapter in fp32
-        self.lora_A[name] = nn.Linear(self.in_features, cfg.r, bias=False, device=w.device, dtype=dtype)
-        self.lora_B[name] = nn.Linear(cfg.r, self.out_features, bias=False, device=w.device, dtype=dtype)
+        kw = dict(bias=False, device=self.base_layer.weight.device, dtype=self.adapter_dtype)   # fp32 over a half-precision base
+        self.lora_A[name] = nn.Linear(self.in_features, cfg.r, **kw)
+        self.lora_B[name] = nn.Linear(cfg.r, self.out_features, **kw)
         self.lora_dropout[name] = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.scaling[name] = cfg.alpha / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
         if cfg.init_lora_weights in (True, False, "gaussian"): init_lora(self.lora_A[name].weight, self.lora_B[name].weight, cfg.init_lora_weights)
@@ -46,8 +42,7 @@ class LoraLayer(AdapterLayer):
         return result + (B(A(x)) * self.scaling[name]).to(result.dtype)   # (batch, seq, d_out)
 
     def get_delta_weight(self, name)->torch.Tensor:
-        delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (d_out, d_in)
-        return delta.T if self.fan_in_fan_out else delta
+        return self.to_weight_layout((self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name])  # (d_out, d_in)
 
 # %% ../../../nbs/10_lora.ipynb #1f10910b
 def init_lora(A:torch.Tensor, # (r, d_in)
@@ -139,12 +134,13 @@ class LoraLinearFn(torch.autograd.Function):
 LoraLayer.forward_plain = AdapterLayer.forward   # the plain path; the PiSSA section extends it
 
 @patch
-def forward(self:LoraLayer, x, *args, **kwargs):
-    names, base = self.active_adapters, self.base_layer
-    fast = (len(names) == 1 and not (self.disabled or self.merged or args or kwargs) and type(base) in (nn.Linear, Conv1D)
+def forward(self:LoraLayer, *args, **kwargs):
+    names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
+    fast = (type(self).combine is LoraLayer.combine      # the node computes LoRA's algebra: a subclass that changes it never inherits it
+            and x is not None and len(names) == 1 and not (self.disabled or self.merged) and type(base) in (nn.Linear, Conv1D)
             and x.dtype == base.weight.dtype == self.lora_A[names[0]].weight.dtype and not torch.is_autocast_enabled(x.device.type)
             and set(self.lora_init) <= set(names))   # a PiSSA adapter not in use needs the plain path (see PiSSA below)
-    if not fast: return self.forward_plain(x, *args, **kwargs)
+    if not fast: return self.forward_plain(*args, **kwargs)
     n = names[0]
     drop = self.lora_dropout[n]
     xd = drop(x) if self.training and isinstance(drop, nn.Dropout) else None
@@ -197,14 +193,13 @@ def _shift_base(self:LoraLayer, name:str, sign:int, A0=None, B0=None):
     init = self.lora_init[name]
     A0, B0 = (init.A0, init.B0) if A0 is None else (A0, B0)
     w = self.base_layer.weight
-    delta = self.scaling[name] * (B0 @ A0)                       # (d_out, d_in), fp32
-    with torch.no_grad(): w.data = (w.data.float() + sign * (delta.T if self.fan_in_fan_out else delta)).to(w.dtype)
+    delta = self.to_weight_layout(self.scaling[name] * (B0 @ A0))   # fp32
+    with torch.no_grad(): w.data = (w.data.float() + sign * delta).to(w.dtype)
 
 @patch
 def init_residual(self:LoraLayer, name:str, how:str):
     "PiSSA/OLoRA: A, B := (A0, B0) from W's principal part; the base weight becomes the residual W - s·B0A0."
-    W = self.base_layer.weight.detach()
-    A0, B0 = principal_init(W.T if self.fan_in_fan_out else W, self.lora_A[name].weight.shape[0], self.scaling[name], how)
+    A0, B0 = principal_init(self.weight_oi().detach(), self.lora_A[name].weight.shape[0], self.scaling[name], how)
     with torch.no_grad():
         self.lora_A[name].weight.copy_(A0); self.lora_B[name].weight.copy_(B0)
     self.lora_init[name] = _Frozen(A0, B0).to(self.lora_A[name].weight)
@@ -213,9 +208,9 @@ def init_residual(self:LoraLayer, name:str, how:str):
 
 # %% ../../../nbs/10_lora.ipynb #f0907bd4
 @patch
-def forward_plain(self:LoraLayer, x, *args, **kwargs):
+def forward_plain(self:LoraLayer, *args, **kwargs):
     "Base + active adapters, plus s·B0A0x for the PiSSA/OLoRA adapters not in use (their part of W)."
-    result = AdapterLayer.forward(self, x, *args, **kwargs)
+    result, x = AdapterLayer.forward(self, *args, **kwargs), layer_input(args, kwargs)
     in_use = set() if self.disabled else set(self.active_adapters) | set(self.merged_adapters)
     for k, init in self.lora_init.items():
         if k not in in_use:
@@ -243,3 +238,52 @@ def after_load(self:LoraLayer, name:str):
     if torch.equal(init.A0, A0) and torch.equal(init.B0, B0): return
     self._shift_base(name, +1, A0, B0); self._shift_base(name, -1)
     self._residual[name] = (init.A0.clone(), init.B0.clone())
+
+# %% ../../../nbs/10_lora.ipynb #e24fdc65
+def _residual_to_lora(tensors:dict)->dict:
+    "Replace each (A, B, A0, B0) by the rank-2r pair [A; A0], [B | -B0] of the update s(BA - B0A0)."
+    out = {k: v for k, v in tensors.items() if ".lora_init." not in k}
+    for k in [k for k in out if k.endswith(".lora_A.weight")]:
+        p = k.removesuffix("lora_A.weight")
+        out[k] = torch.cat([out[k], tensors[p + "lora_init.A0"]], 0)
+        out[p + "lora_B.weight"] = torch.cat([out[p + "lora_B.weight"], -tensors[p + "lora_init.B0"]], 1)
+    return out
+
+LoraConfig.hf_peft_type = "LORA"
+
+@patch
+def to_hf(self:LoraConfig, ctx, tensors:dict)->tuple[dict, dict]:
+    "PEFT's adapter_config.json and tensors (a PiSSA/OLoRA adapter becomes the plain LoRA of its update)."
+    r, alpha = self.r, self.alpha
+    if self.init_lora_weights not in (True, False, "gaussian"):
+        tensors, r, alpha = _residual_to_lora(tensors), 2 * r, alpha * (2 ** 0.5 if self.use_rslora else 2)  # same scaling at rank 2r
+    return {"peft_type": "LORA", **hf_base_fields(ctx), "r": r, "lora_alpha": alpha, "lora_dropout": self.dropout, "bias": self.bias,
+            "use_rslora": self.use_rslora, "use_dora": False, "fan_in_fan_out": False, "init_lora_weights": True,
+            "rank_pattern": {}, "alpha_pattern": {}}, tensors
+
+# %% ../../../nbs/10_lora.ipynb #86d867f6
+_LORA_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "lora_bias": False, "layer_replication": None,
+                     "target_parameters": None, "trainable_token_indices": None, "use_qalora": False, "alora_invocation_tokens": None,
+                     "use_bdlora": None}
+_INITS = (True, False, "gaussian", "pissa", "olora")  # PEFT inits we reproduce (and "pissa_niter_K")
+
+@patch(cls_method=True)
+def from_hf(cls:LoraConfig, d:dict, tensors:dict)->tuple:
+    "Our LoraConfig (a DoraConfig for `use_dora`) and tensors from PEFT's config dict and weight file."
+    refuse_unsupported(d, _LORA_UNSUPPORTED, "LoRA")
+    how = d.get("init_lora_weights", True)
+    if how not in _INITS and not (isinstance(how, str) and how.startswith("pissa_niter_")):
+        raise ValueError(f"init_lora_weights={how!r} (LoftQ/CorDA/EVA...) is not an initialisation peft_notes reproduces; "
+                         "save the adapter with PEFT's path_initial_model_for_weight_conversion to get a plain LoRA")
+    if how == "olora" and d.get("fan_in_fan_out"): raise ValueError("PEFT's OLoRA on Conv1D layers decomposes the transposed weight; not reproduced here")
+    kw = dict(r=d["r"], alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0), bias=d.get("bias", "none"),
+              use_rslora=d.get("use_rslora", False), init_lora_weights=how, **hf_common_kwargs(d, tensors))
+    if d.get("use_dora"):
+        from peft_notes.methods.reparameterized.dora import DoraConfig
+        return DoraConfig(**kw), tensors
+    return LoraConfig(**kw), tensors
+
+@patch
+def derived_from_base(self:LoraConfig, key:str)->bool:
+    "A PiSSA/OLoRA adapter's frozen A₀, B₀ come from the base's SVD/QR when a PEFT file lacks them."
+    return ".lora_init." in key and self.init_lora_weights not in (True, False, "gaussian")

@@ -14,27 +14,24 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
-from ...core import AdapterLayer, PeftConfig, QV_TARGETS, register_method
+from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
+from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
 from .lora import LoraConfig, LoraLayer
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #ffd364e0
-class AdaloraLayer(AdapterLayer):
+class AdaloraLayer(LinearAdapterLayer):
     "AdaLoRA's SVD-form update s·P·diag(E)·Q on a Linear/Conv1D; pruned ranks have E = 0."
     adapter_layer_names = ("lora_A", "lora_B", "lora_E")
-    other_param_names = ("lora_dropout", "scaling", "_ema")
-    wraps = (nn.Linear, Conv1D)
+    other_param_names = ("lora_dropout", "scaling", "_ema", "rank_mask")
 
     def __init__(self, base_layer):
         super().__init__(base_layer)
-        w = base_layer.weight
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        self.in_features, self.out_features = (w.shape if self.fan_in_fan_out else w.shape[::-1])
         self.lora_A, self.lora_B, self.lora_E = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
         self.lora_dropout, self.scaling, self._ema = nn.ModuleDict(), {}, {}
+        self.rank_mask = {}   # adapter -> kept ranks (bool, (init_r,)), once an allocation has pruned
 
     def update_layer(self, name, cfg):
-        w = self.base_layer.weight
-        kw = dict(device=w.device, dtype=torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype)
+        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
         self.lora_A[name] = nn.Parameter(torch.randn(cfg.init_r, self.in_features, **kw) * 0.02)   # Q
         self.lora_B[name] = nn.Parameter(torch.randn(self.out_features, cfg.init_r, **kw) * 0.02)  # P
         self.lora_E[name] = nn.Parameter(torch.zeros(cfg.init_r, 1, **kw))                         # Λ = 0: ΔW = 0
@@ -47,8 +44,7 @@ class AdaloraLayer(AdapterLayer):
         return result + ((x @ (A * E).T) @ B.T * self.scaling[name]).to(result.dtype)
 
     def get_delta_weight(self, name):
-        d = self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name]
-        return d.T if self.fan_in_fan_out else d
+        return self.to_weight_layout(self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name])
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #b3dfa7e9
 @patch
@@ -93,8 +89,9 @@ class AdaloraConfig(PeftConfig):
     beta2: float = 0.85 # smoothing of its uncertainty
     orth_reg_weight: float = 0.5 # weight of the orthogonality penalty
     total_step: Optional[int] = None # T; None: the number of steps the training loop reports
-    rank_pattern: Optional[dict] = None # layer -> kept ranks (list of bools), set by the final allocation
+    rank_pattern: Optional[dict] = None # layer -> kept ranks (list of bools): written from the model's allocation when saved
     layer_cls: ClassVar[type] = AdaloraLayer
+    hf_peft_type: ClassVar[Optional[str]] = "ADALORA"
     default_target_modules: ClassVar[dict] = QV_TARGETS
 
     def validate(self):
@@ -107,50 +104,57 @@ class AdaloraConfig(PeftConfig):
             raise ValueError(f"AdaloraConfig: tinit={self.tinit} and tfinal={self.tfinal} leave no pruning phase in total_step={self.total_step}")
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #3cba87b4
-def _ada_layers(pm, name): return [(p, l) for p, l in pm._layers() if isinstance(l, AdaloraLayer) and name in l.lora_E]
-
 @patch
-def extra_loss(self:AdaloraConfig, pm, name:str)->torch.Tensor:
+def extra_loss(self:AdaloraConfig, ctx)->torch.Tensor:
     "orth_reg_weight × the mean of ||QQᵀ - I||_F and ||PᵀP - I||_F over the adapter's matrices."
     terms = []
-    for _, l in _ada_layers(pm, name):
-        A, B = l.lora_A[name], l.lora_B[name]
+    for _, l in ctx.layers(AdaloraLayer):
+        A, B = l.lora_A[ctx.name], l.lora_B[ctx.name]
         I = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
         terms += [torch.linalg.matrix_norm(A @ A.T - I), torch.linalg.matrix_norm(B.T @ B - I)]
     return self.orth_reg_weight * torch.stack(terms).mean()
 
 @patch
-def mask_to_budget(self:AdaloraConfig, pm, name:str, budget:int)->dict:
-    "Zero Λ of all but the `budget` highest-scoring triplets across the layers; the kept pattern."
-    layers = _ada_layers(pm, name)
+def mask_to_budget(self:AdaloraConfig, ctx, budget:int):
+    "Keep the `budget` highest-scoring triplets across the layers: each layer records its mask and zeroes Λ outside it."
+    layers, name = ctx.layers(AdaloraLayer), ctx.name
     scores = {p: l.triplet_scores(name) for p, l in layers}
     every = torch.cat(list(scores.values()))
-    if budget >= every.numel(): return {p: [True] * s.numel() for p, s in scores.items()}
-    threshold = torch.kthvalue(every, every.numel() - budget).values
-    pattern = {}
+    threshold = torch.kthvalue(every, every.numel() - budget).values if budget < every.numel() else None
     with torch.no_grad():
         for p, l in layers:
-            keep = scores[p] > threshold
-            l.lora_E[name].masked_fill_(~keep[:, None], 0.0)
-            pattern[p] = keep.tolist()
-    return pattern
+            l.rank_mask[name] = scores[p] > threshold if threshold is not None else torch.ones_like(scores[p], dtype=torch.bool)
+            l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
 
 @patch
-def after_step(self:AdaloraConfig, pm, name:str, step:int, total:int):
+def after_step(self:AdaloraConfig, ctx, step:int, total:int):
     "Importance update, then masking to the budget (or to the final pattern once it is fixed)."
-    T = self.total_step or total
-    layers = _ada_layers(pm, name)
+    T, name, layers = self.total_step or total, ctx.name, ctx.layers(AdaloraLayer)
     b0, bT = self.init_r * len(layers), self.target_r * len(layers)
     if step < T - self.tfinal:
         for _, l in layers: l.update_importance(name, self.beta1, self.beta2)
-        if step > self.tinit and step % self.deltaT == 0:   # the latest pattern is kept in the config, as PEFT does
-            self.rank_pattern = self.mask_to_budget(pm, name, adalora_budget(step, T, b0, bT, self.tinit, self.tfinal))
+        if step > self.tinit and step % self.deltaT == 0: self.mask_to_budget(ctx, adalora_budget(step, T, b0, bT, self.tinit, self.tfinal))
     elif step == T - self.tfinal:
-        self.rank_pattern = self.mask_to_budget(pm, name, bT)
+        self.mask_to_budget(ctx, bT)
         for _, l in layers: l._ema.pop(name, None)   # the scores are no longer needed
-    elif self.rank_pattern is not None:
+    else:
         with torch.no_grad():
-            for p, l in layers: l.lora_E[name].masked_fill_(~torch.tensor(self.rank_pattern[p], device=l.lora_E[name].device)[:, None], 0.0)
+            for _, l in layers:
+                if name in l.rank_mask: l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
+
+@patch
+def saved_state(self:AdaloraConfig, ctx)->dict:
+    "The latest allocation, as PEFT writes it: `rank_pattern`, layer -> kept ranks."
+    pattern = {p: l.rank_mask[ctx.name].tolist() for p, l in ctx.layers(AdaloraLayer) if ctx.name in l.rank_mask}
+    return {"rank_pattern": pattern} if pattern else {}
+
+@patch
+def inject(self:AdaloraConfig, ctx):
+    "Wrap the targets; a loaded adapter's `rank_pattern` becomes its layers' masks, so further training keeps it."
+    ctx.wrap_targets()
+    for p, l in ctx.layers(AdaloraLayer):
+        if self.rank_pattern and p in self.rank_pattern:
+            l.rank_mask[ctx.name] = torch.tensor(self.rank_pattern[p], dtype=torch.bool, device=l.lora_E[ctx.name].device)
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #f15ad371
 class DyloraLayer(LoraLayer):
@@ -181,10 +185,7 @@ class DyloraLayer(LoraLayer):
 
     def get_delta_weight(self, name):   # merging is for inference: always at eval_rank, so unmerge undoes it exactly
         A, B, s = self._AB(name, False)
-        d = (B @ A) * s
-        return d.T if self.fan_in_fan_out else d
-
-    def forward(self, x, *args, **kwargs): return self.forward_plain(x, *args, **kwargs)  # LoRA's fast path uses all of A, B
+        return self.to_weight_layout((B @ A) * s)
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #b49fd0fd
 @register_method("dylora")
@@ -195,6 +196,7 @@ class DyloraConfig(LoraConfig):
     frozen: bool = False # True: in a step only the b-th component is updated (the paper's frozen mode)
     eval_rank: Optional[int] = None # the rank used outside training; None: r (see `set_rank`)
     layer_cls: ClassVar[type] = DyloraLayer
+    hf_peft_type: ClassVar[Optional[str]] = None # PEFT has no DyLoRA
 
     def validate(self):
         super().validate()
@@ -203,23 +205,24 @@ class DyloraConfig(LoraConfig):
         if self.init_lora_weights not in (True, False, "gaussian"): raise ValueError("DyloraConfig.init_lora_weights must be True, False or 'gaussian'")
 
 @patch
-def before_step(self:DyloraConfig, pm, name:str, step:int, total:int):
+def before_step(self:DyloraConfig, ctx, step:int, total:int):
     "Sample this step's rank b ~ U{r_min..r} (seeded by the step, so runs repeat) for every layer."
     b = int(torch.randint(self.r_min, self.r + 1, (1,), generator=torch.Generator().manual_seed(step)))
-    for _, l in pm._layers():
-        if isinstance(l, DyloraLayer) and name in l.train_rank: l.train_rank[name] = b
+    for _, l in ctx.layers(DyloraLayer): l.train_rank[ctx.name] = b
+
+@patch
+def saved_state(self:DyloraConfig, ctx)->dict:
+    "The rank `set_rank` chose: the layers' `eval_rank`."
+    return {"eval_rank": l.eval_rank[ctx.name] for _, l in ctx.layers(DyloraLayer)[:1]}
 
 def set_rank(pm, rank:int, adapter_name:str=None):
     "Use DyLoRA adapter `adapter_name` (default: the active one) at `rank` from now on (saved with it)."
-    name = adapter_name or pm.active_adapter
-    cfg = pm.peft_config[name]
-    if not isinstance(cfg, DyloraConfig): raise TypeError(f"set_rank: adapter {name!r} is {cfg.method!r}, not dylora")
-    if not 1 <= rank <= cfg.r: raise ValueError(f"set_rank: rank must be in [1, {cfg.r}], got {rank}")
-    for _, l in pm._layers():
-        if isinstance(l, DyloraLayer) and name in l.eval_rank:
-            if name in l.merged_adapters: raise ValueError("set_rank on a merged adapter: unmerge it first")
-            l.eval_rank[name] = rank
-    cfg.eval_rank = rank
+    ctx = pm.adapter_context(adapter_name)
+    if not isinstance(ctx.config, DyloraConfig): raise TypeError(f"set_rank: adapter {ctx.name!r} is {ctx.config.method!r}, not dylora")
+    if not 1 <= rank <= ctx.config.r: raise ValueError(f"set_rank: rank must be in [1, {ctx.config.r}], got {rank}")
+    layers = ctx.layers(DyloraLayer)
+    if any(ctx.name in l.merged_adapters for _, l in layers): raise ValueError("set_rank on a merged adapter: unmerge it first")
+    for _, l in layers: l.eval_rank[ctx.name] = rank
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #02f27f26
 class SoraLayer(LoraLayer):
@@ -240,10 +243,7 @@ class SoraLayer(LoraLayer):
         return result + (((x @ A.T) * self.lora_gate[name]) @ B.T * self.scaling[name]).to(result.dtype)
 
     def get_delta_weight(self, name):
-        d = (self.lora_B[name].weight * self.lora_gate[name]) @ self.lora_A[name].weight * self.scaling[name]
-        return d.T if self.fan_in_fan_out else d
-
-    def forward(self, x, *args, **kwargs): return self.forward_plain(x, *args, **kwargs)
+        return self.to_weight_layout((self.lora_B[name].weight * self.lora_gate[name]) @ self.lora_A[name].weight * self.scaling[name])
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #4e1f50a9
 @register_method("sora")
@@ -252,6 +252,7 @@ class SoraConfig(LoraConfig):
     "SoRA: ΔW = (α/r)·B diag(g) A, the gate g made sparse by a proximal L1 step after each optimizer step."
     sparse_lambda: float = 1e-3 # the per-step soft threshold η·λ applied to every gate
     layer_cls: ClassVar[type] = SoraLayer
+    hf_peft_type: ClassVar[Optional[str]] = None # PEFT has no SoRA
 
     def validate(self):
         super().validate()
@@ -259,19 +260,56 @@ class SoraConfig(LoraConfig):
         if self.init_lora_weights not in (True, False, "gaussian"): raise ValueError("SoraConfig.init_lora_weights must be True, False or 'gaussian'")
 
 @patch
-def after_step(self:SoraConfig, pm, name:str, step:int, total:int):
+def after_step(self:SoraConfig, ctx, step:int, total:int):
     "The proximal step of the L1 penalty: soft-threshold every gate by sparse_lambda."
     with torch.no_grad():
-        for _, l in pm._layers():
-            if isinstance(l, SoraLayer) and name in l.lora_gate:
-                g = l.lora_gate[name]
-                g.copy_(g.sign() * (g.abs() - self.sparse_lambda).clamp_min(0))
+        for _, l in ctx.layers(SoraLayer):
+            g = l.lora_gate[ctx.name]
+            g.copy_(g.sign() * (g.abs() - self.sparse_lambda).clamp_min(0))
 
 def ranks_left(pm, adapter_name:str=None)->dict:
     "Per SoRA (or AdaLoRA) layer, the number of ranks whose gate (or Λ) is not zero."
-    name = adapter_name or pm.active_adapter
-    out = {}
-    for p, l in pm._layers():
-        if isinstance(l, SoraLayer) and name in l.lora_gate: out[p] = int((l.lora_gate[name] != 0).sum())
-        elif isinstance(l, AdaloraLayer) and name in l.lora_E: out[p] = int((l.lora_E[name] != 0).sum())
+    ctx, out = pm.adapter_context(adapter_name), {}
+    for p, l in ctx.layers():
+        if isinstance(l, SoraLayer) and ctx.name in l.lora_gate: out[p] = int((l.lora_gate[ctx.name] != 0).sum())
+        elif isinstance(l, AdaloraLayer): out[p] = int((l.lora_E[ctx.name] != 0).sum())
     return out
+
+# %% ../../../nbs/13_rank_adaptive.ipynb #cea4acdc
+def _adalora_layers(tensors:dict)->list[str]:
+    "The module paths (below base_model.model.) that carry AdaLoRA tensors."
+    return sorted({k.removeprefix("base_model.model.").removesuffix(".lora_E") for k in tensors if k.endswith(".lora_E")})
+
+@patch
+def to_hf(self:AdaloraConfig, ctx, tensors:dict)->tuple[dict, dict]:
+    "PEFT's AdaLoraConfig for ours; pruned ranks cut out of the tensors as PEFT saves them."
+    pattern = {f"{p}.lora_E": keep for p, keep in (self.rank_pattern or {}).items()}
+    tensors = dict(tensors)
+    for p in _adalora_layers(tensors) if self.rank_pattern else []:
+        keep = torch.tensor(self.rank_pattern[p]); k = f"base_model.model.{p}."
+        tensors[k + "lora_A"], tensors[k + "lora_E"], tensors[k + "lora_B"] = tensors[k + "lora_A"][keep], tensors[k + "lora_E"][keep], tensors[k + "lora_B"][:, keep]
+    return {"peft_type": "ADALORA", **hf_base_fields(ctx), "r": 8, "init_r": self.init_r, "target_r": self.target_r, "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout, "tinit": self.tinit, "tfinal": self.tfinal, "deltaT": self.deltaT, "beta1": self.beta1, "beta2": self.beta2,
+            "orth_reg_weight": self.orth_reg_weight, "total_step": self.total_step or self.tinit + self.tfinal + 1, "rank_pattern": pattern or None,
+            "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "use_rslora": False, "use_dora": False}, tensors
+
+@patch(cls_method=True)
+def from_hf(cls:AdaloraConfig, d:dict, tensors:dict)->tuple:
+    "Our AdaloraConfig from PEFT's; ranks PEFT cut out come back as zeros in their places."
+    refuse_unsupported(d, {"use_dora": False, "use_rslora": False, "bias": "none", "alpha_pattern": {}, "lora_bias": False}, "AdaLoRA")
+    r0, tensors, pattern = d.get("init_r", 12), dict(tensors), {}
+    for key, keep in (d.get("rank_pattern") or {}).items():
+        p = key.removesuffix(".lora_E"); k = f"base_model.model.{p}."
+        if k + "lora_E" not in tensors: continue
+        keep = torch.tensor(keep, dtype=torch.bool); pattern[p] = keep.tolist()
+        A, E, B = tensors[k + "lora_A"], tensors[k + "lora_E"], tensors[k + "lora_B"]
+        if A.shape[0] == r0: continue
+        at = keep.nonzero().view(-1)
+        tensors[k + "lora_A"] = A.new_zeros((r0, A.shape[1])).index_copy_(0, at, A)
+        tensors[k + "lora_E"] = E.new_zeros((r0, 1)).index_copy_(0, at, E)
+        tensors[k + "lora_B"] = B.new_zeros((B.shape[0], r0)).index_copy_(1, at, B)
+    cfg = cls(init_r=r0, target_r=d.get("target_r", 8), alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0),
+              tinit=d.get("tinit", 0), tfinal=d.get("tfinal", 0), deltaT=d.get("deltaT", 1), beta1=d.get("beta1", 0.85),
+              beta2=d.get("beta2", 0.85), orth_reg_weight=d.get("orth_reg_weight", 0.5), total_step=d.get("total_step"),
+              rank_pattern=pattern or None, **hf_common_kwargs(d, tensors))
+    return cfg, tensors

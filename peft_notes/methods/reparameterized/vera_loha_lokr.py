@@ -9,33 +9,28 @@ __all__ = ['DeltaLayer', 'kaiming_uniform', 'VeraShared', 'VeraLayer', 'VeraConf
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #ebcef392
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-from ...core import AdapterLayer, PeftConfig, QV_TARGETS, find_targets, register_method
+from fastcore.basics import patch
+from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
+from ...interop import conv1d_targets, hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #261bea18
-class DeltaLayer(AdapterLayer):
+class DeltaLayer(LinearAdapterLayer):
     "A frozen Linear/Conv1D whose adapters each add ΔW x, ΔW of shape (d_out, d_in) built by the subclass."
-    wraps = (nn.Linear, Conv1D)
     def __init__(self, base_layer):
-        super().__init__(base_layer)
-        w = base_layer.weight
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)   # Conv1D's weight is (d_in, d_out)
-        self.in_features, self.out_features = (w.shape if self.fan_in_fan_out else w.shape[::-1])
-        self.dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype  # adapters train in fp32
+        super().__init__(base_layer)    # in_features, out_features, fan_in_fan_out, adapter_dtype: core's LinearAdapterLayer
         self.scaling = {}
 
     def delta(self, name:str)->torch.Tensor: raise NotImplementedError  # ΔW, (d_out, d_in)
     def delta_forward(self, x, name:str)->torch.Tensor: return x @ self.delta(name).T   # (…, d_out); subclasses avoid ΔW
 
     def combine(self, x, result, name):
-        return result + self.delta_forward(x.to(self.dtype), name).to(result.dtype)
+        return result + self.delta_forward(x.to(self.adapter_dtype), name).to(result.dtype)
 
-    def get_delta_weight(self, name)->torch.Tensor:
-        d = self.delta(name)
-        return d.T if self.fan_in_fan_out else d
+    def get_delta_weight(self, name)->torch.Tensor: return self.to_weight_layout(self.delta(name))
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #120f0cde
 def kaiming_uniform(shape:tuple, g:torch.Generator)->torch.Tensor:
@@ -66,8 +61,8 @@ class VeraLayer(DeltaLayer):
         if shared is None: raise ValueError("a VeRA layer needs its adapter's shared pair: inject it with get_peft_model / add_adapter")
         w = self.base_layer.weight
         self._shared[name] = shared
-        self.vera_lambda_b[name] = nn.Parameter(torch.zeros(self.out_features, device=w.device, dtype=self.dtype))
-        self.vera_lambda_d[name] = nn.Parameter(torch.full((cfg.r,), cfg.d_initial, device=w.device, dtype=self.dtype))
+        self.vera_lambda_b[name] = nn.Parameter(torch.zeros(self.out_features, device=w.device, dtype=self.adapter_dtype))
+        self.vera_lambda_d[name] = nn.Parameter(torch.full((cfg.r,), cfg.d_initial, device=w.device, dtype=self.adapter_dtype))
         self.vera_dropout[name] = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def _AB(self, name):
@@ -94,6 +89,7 @@ class VeraConfig(PeftConfig):
     save_projection: bool = True # save the pair with the adapter (False: only the seed; the pair is redrawn on load)
     dropout: float = 0.0 # dropout on the branch's input
     layer_cls: ClassVar[type] = VeraLayer
+    hf_peft_type: ClassVar[Optional[str]] = "VERA"
     default_target_modules: ClassVar[dict] = QV_TARGETS
 
     def validate(self):
@@ -101,15 +97,14 @@ class VeraConfig(PeftConfig):
         if self.r <= 0: raise ValueError(f"VeraConfig.r must be a positive rank, got {self.r}")
         if not 0 <= self.dropout < 1: raise ValueError(f"VeraConfig.dropout must be in [0, 1), got {self.dropout}")
 
-    def inject(self, pm, name:str):
-        "Draw the shared pair at the targets' largest shapes, register it on `pm`, then wrap the targets."
-        mods = [pm.base_model.get_submodule(t) for t in find_targets(pm.base_model, self)]
+    def inject(self, ctx):
+        "Draw the shared pair at the targets' largest shapes, share it across the adapter's layers, then wrap the targets."
+        mods = [ctx.module(t) for t in ctx.targets()]
         mods = [getattr(m, "base_layer", m) for m in mods]
         shapes = [(m.weight.shape[::-1] if isinstance(m, Conv1D) else m.weight.shape) for m in mods]  # (d_out, d_in)
-        shared = VeraShared(self.r, max(s[1] for s in shapes), max(s[0] for s in shapes), self.projection_prng_key,
-                            persistent=self.save_projection).to(mods[0].weight.device)
-        pm.adapter_shared[name] = shared
-        pm._inject(name, self, shared=shared)
+        shared = ctx.share(VeraShared(self.r, max(s[1] for s in shapes), max(s[0] for s in shapes), self.projection_prng_key,
+                                      persistent=self.save_projection).to(mods[0].weight.device))
+        ctx.wrap_targets(shared=shared)
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #d5dfe76c
 class LohaLayer(DeltaLayer):
@@ -122,7 +117,7 @@ class LohaLayer(DeltaLayer):
         for n in self.adapter_layer_names: setattr(self, n, nn.ParameterDict())
 
     def update_layer(self, name, cfg):
-        kw = dict(device=self.base_layer.weight.device, dtype=self.dtype)
+        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
         shapes = {"hada_w1_a": (self.out_features, cfg.r), "hada_w1_b": (cfg.r, self.in_features),
                   "hada_w2_a": (self.out_features, cfg.r), "hada_w2_b": (cfg.r, self.in_features)}
         for n, shape in shapes.items():
@@ -150,6 +145,7 @@ class LohaConfig(PeftConfig):
     alpha: float = 8 # scaling numerator: ΔW is multiplied by alpha/r
     init_weights: bool = True # True: hada_w2_b = 0, so ΔW = 0 at init (False: all random, for tests)
     layer_cls: ClassVar[type] = LohaLayer
+    hf_peft_type: ClassVar[Optional[str]] = "LOHA"
     default_target_modules: ClassVar[dict] = QV_TARGETS
 
     def validate(self):
@@ -183,7 +179,7 @@ class LokrLayer(DeltaLayer):
     def update_layer(self, name, cfg):
         (a, b), (c, d) = factorization(self.out_features, cfg.decompose_factor), factorization(self.in_features, cfg.decompose_factor)
         self._shape[name] = (a, b, c, d)
-        kw = dict(device=self.base_layer.weight.device, dtype=self.dtype)
+        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
         def new(attr, *shape):   # a fresh parameter for this adapter under PEFT's name `attr`
             p = getattr(self, attr)[name] = nn.Parameter(torch.empty(shape, **kw))
             return p
@@ -222,8 +218,53 @@ class LokrConfig(PeftConfig):
     decompose_factor: int = -1 # wanted size of the first factor of each dimension; -1: near the square root
     init_weights: bool = True # True: W₁ = 0, so ΔW = 0 at init
     layer_cls: ClassVar[type] = LokrLayer
+    hf_peft_type: ClassVar[Optional[str]] = "LOKR"
     default_target_modules: ClassVar[dict] = QV_TARGETS
 
     def validate(self):
         super().validate()
         if self.r <= 0: raise ValueError(f"LokrConfig.r must be a positive rank, got {self.r}")
+
+# %% ../../../nbs/12_vera_loha_lokr.ipynb #7672c630
+@patch
+def to_hf(self:VeraConfig, ctx, tensors:dict)->tuple[dict, dict]:
+    "PEFT's VeraConfig (the shared pair travels as base_model.vera_A/B unless save_projection=False)."
+    base = {k: v for k, v in hf_base_fields(ctx).items() if k != "exclude_modules"}   # PEFT's VeraConfig has no exclude_modules
+    return {"peft_type": "VERA", **base, "r": self.r, "d_initial": self.d_initial, "projection_prng_key": self.projection_prng_key,
+            "save_projection": self.save_projection, "vera_dropout": self.dropout, "fan_in_fan_out": False, "bias": "none",
+            "init_weights": True}, tensors
+
+@patch(cls_method=True)
+def from_hf(cls:VeraConfig, d:dict, tensors:dict)->tuple:
+    refuse_unsupported(d, {"bias": "none"}, "VeRA")
+    return cls(r=d["r"], d_initial=d.get("d_initial", 0.1), projection_prng_key=d.get("projection_prng_key", 0),
+               save_projection=d.get("save_projection", True), dropout=d.get("vera_dropout", 0.0), **hf_common_kwargs(d, tensors)), tensors
+
+# %% ../../../nbs/12_vera_loha_lokr.ipynb #10ca62f1
+_LYCORIS_UNSUPPORTED = {"rank_dropout": 0.0, "module_dropout": 0.0, "use_effective_conv2d": False, "rank_pattern": {}, "alpha_pattern": {},
+                        "rank_dropout_scale": False}
+
+def _lycoris_base(cfg, ctx)->dict:
+    "The fields PEFT's LoHa and LoKr share; refused on GPT-2's Conv1D, which PEFT's LyCORIS layers do not wrap."
+    if (c := conv1d_targets(ctx)): raise ValueError(f"Hugging Face PEFT's {cfg.method} does not wrap transformers' Conv1D, so {c[0]} cannot be exported")
+    return {**hf_base_fields(ctx), "r": cfg.r, "alpha": cfg.alpha, "rank_dropout": 0.0, "module_dropout": 0.0, "use_effective_conv2d": False,
+            "init_weights": cfg.init_weights, "rank_pattern": {}, "alpha_pattern": {}}
+
+@patch
+def to_hf(self:LohaConfig, ctx, tensors:dict)->tuple[dict, dict]: return {"peft_type": "LOHA", **_lycoris_base(self, ctx)}, tensors
+
+@patch(cls_method=True)
+def from_hf(cls:LohaConfig, d:dict, tensors:dict)->tuple:
+    refuse_unsupported(d, _LYCORIS_UNSUPPORTED, "LoHa")
+    return cls(r=d["r"], alpha=d.get("alpha", 8), init_weights=d.get("init_weights", True) is not False, **hf_common_kwargs(d, tensors)), tensors
+
+@patch
+def to_hf(self:LokrConfig, ctx, tensors:dict)->tuple[dict, dict]:
+    return {"peft_type": "LOKR", **_lycoris_base(self, ctx), "decompose_both": self.decompose_both, "decompose_factor": self.decompose_factor,
+            "rank_dropout_scale": False}, tensors
+
+@patch(cls_method=True)
+def from_hf(cls:LokrConfig, d:dict, tensors:dict)->tuple:
+    refuse_unsupported(d, _LYCORIS_UNSUPPORTED, "LoKr")
+    return cls(r=d["r"], alpha=d.get("alpha", 8), decompose_both=d.get("decompose_both", False), decompose_factor=d.get("decompose_factor", -1),
+               init_weights=d.get("init_weights", True) is not False, **hf_common_kwargs(d, tensors)), tensors
