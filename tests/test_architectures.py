@@ -37,16 +37,19 @@ def test_default_targets(name):
         assert not torch.allclose(y, y0)            # the adapters are in the computation
         with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
 
-FAMILY = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr"]
+NO_BIAS = {"llama", "mistral", "t5"}   # bias-free linear layers and norms: BitFit has nothing to train there
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "t5", "vit"])
-@pytest.mark.parametrize("method", FAMILY)
-def test_every_reparam_method_with_its_defaults(method, name):
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit"])
+def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods
     torch.manual_seed(0); base = ARCHS[name]().eval()
     x = _inputs(name)
     with torch.no_grad(): y0 = base(**x).logits.clone()
+    if method == "bitfit" and name in NO_BIAS:
+        with pytest.raises(ValueError, match="owns a bias"): get_peft_model(base, list_methods()[method]())
+        return
     pm = get_peft_model(base, list_methods()[method]())
     assert len(pm.adapter_context().layers()) >= 2
     with torch.no_grad():

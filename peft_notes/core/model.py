@@ -15,7 +15,7 @@ from torch import nn
 from fastcore.basics import patch
 from .config import PeftConfig, _short_list
 from .layer import AdapterLayer, ModulesToSave
-from .targets import _candidate_modules, find_targets, match_name
+from .targets import candidate_modules, find_targets, match_name
 
 # %% ../../nbs/00d_core_model.ipynb #e6202880
 def _parent(model:nn.Module, name:str):
@@ -134,7 +134,7 @@ def adapter_context(self:PeftModel, adapter_name:str=None)->AdapterContext:
 def _wrap_modules_to_save(self:PeftModel, ctx:AdapterContext):
     "Give adapter `ctx.name` its own trainable copy of each module in `modules_to_save`."
     for t in ctx.config.modules_to_save or []:
-        hits = [n for n, m in _candidate_modules(self.base_model) if match_name(n, [t])]
+        hits = [n for n, m in candidate_modules(self.base_model) if match_name(n, [t])]
         if not hits: raise ValueError(f"modules_to_save: no module named {t!r}; top-level modules: {_short_list(n for n, _ in self.base_model.named_children())}")
         for h in hits:
             m = ctx.module(h)
