@@ -12,6 +12,12 @@ backward, AdamW step, zero_grad. The rows:
 - floor: the same model with every weight frozen but the embedding output requiring grad, so the
   gradient still flows back through every layer: what any method that adapts every layer must pay.
 - full: full fine-tuning.
+- ours_ckpt: ours with activation checkpointing (`gradient_checkpointing_enable`, non-reentrant): the
+  memory it saves and the step time it costs.
+
+Mixed-batch inference: two LoRA adapters (q,v r=8) and the base model serve one batch, example i
+through `adapter_names[i]` (a, b, base, a, b, base, ...), ours against Hugging Face PEFT's
+`adapter_names=` forward on the same adapters (exported with `to_hf_peft`, so both compute the same).
 
 Timings are interleaved and paired: each round runs every row a few steps, in a rotated order, and a
 ratio is the median over rounds of that round's ratio (with its interquartile range), so load on the
@@ -26,9 +32,9 @@ import argparse, json, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
 
-ROWS = ("ours", "hf", "floor", "full")
+ROWS = ("ours", "hf", "floor", "full", "ours_ckpt")
 GOALS = {"ours / hf step": 0.95, "ours / floor step": 1.10, "ours / full memory": 0.6,
-         "merged / base inference": 1.00, "unmerged / base inference": 1.05}
+         "merged / base inference": 1.00, "unmerged / base inference": 1.05, "ours / hf mixed-batch inference": 1.00}
 
 def _batch(batch, seq, device, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -41,10 +47,11 @@ def build(row, device, dtype=torch.float32, model_fn=None):
     "The model for one row and its optimizer (None when nothing trains)."
     from peft_notes.models import load_minilm
     base = (model_fn or (lambda: load_minilm(2)[0]))().to(device=device, dtype=dtype)
-    if row == "ours":
+    if row in ("ours", "ours_ckpt"):
         from peft_notes.core import get_peft_model
         from peft_notes.reparam import LoraConfig
         model = get_peft_model(base, LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
+        if row == "ours_ckpt": model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif row == "hf":
         import peft
         model = peft.get_peft_model(base, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"]))
@@ -101,6 +108,30 @@ def layer_bench(rounds, steps, warmup, device, tokens=2048, d=384):
     t = interleaved({"floor": run(base), "ours": run(ours), "hf": run(hf)}, rounds, steps * 5, warmup * 5, device)
     med = {k: statistics.median(v) for k, v in t.items()}
     return med, (med["ours"] - med["floor"]) / (med["hf"] - med["floor"])
+
+def mixed_batch_bench(x, rounds, steps, warmup, device):
+    "Per-round seconds of one mixed-batch forward (adapters a, b and the base, one per example), ours and Hugging Face PEFT's."
+    import tempfile, peft
+    from peft_notes.core import get_peft_model
+    from peft_notes.interop import to_hf_peft
+    from peft_notes.models import load_minilm
+    from peft_notes.reparam import LoraConfig
+    torch.manual_seed(0)
+    ours = get_peft_model(load_minilm(2)[0].to(device), LoraConfig(r=8, alpha=16, target_modules=["query", "value"]), "a")
+    ours.add_adapter("b", LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.02)
+    ours.eval()
+    with tempfile.TemporaryDirectory() as d:
+        for n in ("a", "b"): to_hf_peft(ours, f"{d}/{n}", n)
+        hf = peft.PeftModel.from_pretrained(load_minilm(2)[0].to(device), f"{d}/a", adapter_name="a")
+        hf.load_adapter(f"{d}/b", adapter_name="b"); hf.eval()
+    names = [("a", "b", "__base__")[i % 3] for i in range(x["input_ids"].shape[0])]
+    with torch.no_grad():
+        err = (ours(**x, adapter_names=names).logits - hf(**x, adapter_names=names).logits).abs().max().item()
+        t = interleaved({"ours": lambda: ours(**x, adapter_names=names), "hf": lambda: hf(**x, adapter_names=names)}, rounds, steps * 2, warmup, device)
+    return t, err
 
 def tensor_bytes(model, opt, x)->dict:
     "MB of what training holds besides the weights: activations saved for backward (distinct storages), gradients, optimizer state."
@@ -180,20 +211,27 @@ def main(argv=None):
         t_inf = interleaved({k: (lambda m=m: m(**xi)) for k, m in (("base", base), ("unmerged", lora), ("merged", merged))},
                             a.rounds, a.steps * 2, a.warmup, dev)
     del base, lora, merged
+    t_mix, mix_err = mixed_batch_bench(xi, a.rounds, a.steps, a.warmup, dev)
     layer_s, layer_extra = layer_bench(a.rounds, a.steps, a.warmup, dev)
-    mem = measure_memory(("ours", "full", "hf", "floor"), a.batch, a.seq, 2 if a.quick else 6, a.device)
+    mem = measure_memory(("ours", "full", "hf", "floor", "ours_ckpt"), a.batch, a.seq, 2 if a.quick else 6, a.device)
     key = "torch_increase_mb" if dev.type == "cuda" else "rss_increase_mb"
     ratios = {"ours / hf step": ratio(t_step, "ours", "hf"), "ours / floor step": ratio(t_step, "ours", "floor"),
               "ours / full memory": (mem["ours"][key] / mem["full"][key],) * 3,
-              "merged / base inference": ratio(t_inf, "merged", "base"), "unmerged / base inference": ratio(t_inf, "unmerged", "base")}
+              "merged / base inference": ratio(t_inf, "merged", "base"), "unmerged / base inference": ratio(t_inf, "unmerged", "base"),
+              "ours / hf mixed-batch inference": ratio(t_mix, "ours", "hf")}
     extra = {"hf / floor step": ratio(t_step, "hf", "floor"), "ours / full step": ratio(t_step, "ours", "full"),
              "hf / full step": ratio(t_step, "hf", "full"), "floor / full memory": (mem["floor"][key] / mem["full"][key],) * 3,
              "hf / full memory": (mem["hf"][key] / mem["full"][key],) * 3,
              "ours / full training tensors": (mem["ours"]["tensors_mb"] / mem["full"]["tensors_mb"],) * 3,
-             "layer: LoRA's own cost, ours / hf": (layer_extra,) * 3}
+             "layer: LoRA's own cost, ours / hf": (layer_extra,) * 3,
+             "checkpointing: ours_ckpt / ours step": ratio(t_step, "ours_ckpt", "ours"),
+             "checkpointing: ours_ckpt / full memory": (mem["ours_ckpt"][key] / mem["full"][key],) * 3,
+             "checkpointing: ours_ckpt / floor memory": (mem["ours_ckpt"][key] / mem["floor"][key],) * 3,
+             "checkpointing: saved activations, ours_ckpt / ours": (mem["ours_ckpt"]["saved_mb"] / mem["ours"]["saved_mb"],) * 3}
     med = lambda t: {k: statistics.median(v) for k, v in t.items()}
     print("\nmedian step (ms):    " + "  ".join(f"{r} {1000 * s:.1f}" for r, s in med(t_step).items()))
     print("median forward (ms): " + "  ".join(f"{r} {1000 * s:.1f}" for r, s in med(t_inf).items()) + f"   merged vs unmerged max |dlogit| {err:.1e}")
+    print("mixed batch forward (ms): " + "  ".join(f"{r} {1000 * s:.1f}" for r, s in med(t_mix).items()) + f"   ours vs hf max |dlogit| {mix_err:.1e}")
     print("one 384x384 layer, 2048 tokens, forward+backward (ms): " + "  ".join(f"{r} {1000 * s:.2f}" for r, s in layer_s.items()))
     print(f"memory increase over pre-training ({key}, MB):  " + "  ".join(f"{r} {m[key]:.0f}" for r, m in mem.items()))
     print("training tensors (MB: saved activations + grads + optimizer state): " + "  ".join(
@@ -205,7 +243,7 @@ def main(argv=None):
     for k, (v, lo, hi) in extra.items(): print(f"{k:<36} {v:>8.3f} {lo:>6.3f}-{hi:<6.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"args": vars(a), "step_s": t_step, "inference_s": t_inf, "layer_s": layer_s, "memory": mem,
+        Path(a.out).write_text(json.dumps({"args": vars(a), "step_s": t_step, "inference_s": t_inf, "mixed_batch_s": t_mix, "mixed_batch_err": mix_err, "layer_s": layer_s, "memory": mem,
                                            "ratios": ratios, "extra": extra, "merge_err": err, "threads": torch.get_num_threads()}, indent=1))
     return ratios
 

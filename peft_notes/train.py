@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'evaluate', 'History', 'PeakMemory', 'fit',
            'load_task', 'build_model', 'method_config', 'stored_bytes', 'run_method', 'evaluate_adapter',
-           'save_results', 'compare', 'format_table', 'plot_results']
+           'save_results', 'compare', 'format_table', 'plot_results', 'AdapterCheckpoints', 'AdapterTrainer']
 
 # %% ../nbs/03_train.ipynb #191ecbcc
 import csv, json, math, os, tempfile, threading, time
@@ -270,3 +270,36 @@ def plot_results(rows:list[dict], out)->list[Path]:
         paths.append(out / name); fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close("all")
     return paths
+
+# %% ../nbs/03_train.ipynb #916a407d
+from transformers import Trainer
+from .core import CONFIG_NAME
+
+# %% ../nbs/03_train.ipynb #ce191e50
+class AdapterCheckpoints:
+    "A `transformers.Trainer` mixin: checkpoints and `save_model()` write the adapter files only; resuming loads them back."
+    def _peft_model(self, model=None):
+        m = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
+        return m if isinstance(m, PeftModel) else None
+
+    def _save(self, output_dir=None, state_dict=None):
+        pm = self._peft_model()
+        if pm is None: return super()._save(output_dir, state_dict)
+        if not self.args.should_save: return
+        out = Path(output_dir or self.args.output_dir)
+        for n in pm.peft_config: pm.save_adapter(out if n == pm.active_adapter else out / n, n)   # others in sub-folders, as PEFT does
+        if self.processing_class is not None: self.processing_class.save_pretrained(out)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        pm = self._peft_model(model)
+        if pm is None: return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for n in pm.peft_config:
+            folder = Path(resume_from_checkpoint) / ("" if n == pm.active_adapter else n)
+            if (folder / CONFIG_NAME).exists() or n == pm.active_adapter: pm.load_adapter_weights(folder, n)
+
+    def _load_best_model(self):
+        if self._peft_model() is None: return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+class AdapterTrainer(AdapterCheckpoints, Trainer):
+    "`transformers.Trainer` whose checkpoints hold the adapter only."

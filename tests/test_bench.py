@@ -7,15 +7,18 @@ def test_bench_quick_writes_every_ratio(tmp_path, root):
                        capture_output=True, text=True, timeout=900, cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["ratios"]) == {"ours / hf step", "ours / floor step", "ours / full memory", "merged / base inference", "unmerged / base inference"}
+    assert set(res["ratios"]) == {"ours / hf step", "ours / floor step", "ours / full memory", "merged / base inference", "unmerged / base inference",
+                                  "ours / hf mixed-batch inference"}
     # ratios of two positive times; at --quick sizes the RSS increases and the per-layer cost difference are noise, so not checked here
     timed = [k for k in (*res["ratios"], *res["extra"]) if k.endswith(("step", "inference"))]
-    assert len(timed) == 7 and all({**res["ratios"], **res["extra"]}[k][0] > 0 for k in timed)
+    assert len(timed) == 9 and all({**res["ratios"], **res["extra"]}[k][0] > 0 for k in timed)
     assert res["merge_err"] < 1e-4   # the merged model computes what the unmerged one does
+    assert res["mixed_batch_err"] < 1e-4   # ours and PEFT serve the same mixed batch alike
     m = res["memory"]
     # deterministic accounting: full fine-tuning holds gradients and AdamW state for every weight, LoRA for its own only
     assert m["full"]["grad_mb"] > 80 and m["full"]["optim_mb"] > 160 and m["ours"]["grad_mb"] < 1 and m["floor"]["grad_mb"] == 0
     assert m["ours"]["tensors_mb"] < m["full"]["tensors_mb"] / 10
+    assert m["ours_ckpt"]["saved_mb"] < m["ours"]["saved_mb"] / 2   # checkpointing keeps each block's input only
     for line in ("ours / hf step", "ours / floor step", "unmerged / base inference"): assert line in r.stdout
 
 def test_dora_bench_quick(tmp_path, root):

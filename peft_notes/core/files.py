@@ -148,3 +148,13 @@ def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=F
     except Exception:
         self._remove_adapter_modules(adapter_name); del self.peft_config[adapter_name]; _roll_back(snap); raise
     self._mark_trainable()
+
+# %% ../../nbs/00e_core_files.ipynb #ac7e42d4
+@patch
+def load_adapter_weights(self:PeftModel, model_id, # folder with adapter_model.safetensors
+                         adapter_name:str=None, # an adapter this model has (default: the active one)
+                        ):
+    "Refill an existing adapter's tensors from a saved adapter (a training checkpoint); keys and shapes are checked first."
+    name = adapter_name or self.active_adapter
+    if name not in self.peft_config: raise KeyError(f"no adapter {name!r}; this model has {sorted(self.peft_config)}")
+    self._load_tensors(name, read_safetensors(adapter_file(model_id, WEIGHTS_NAME)), source=str(model_id))

@@ -9,7 +9,7 @@ __all__ = ['PeftModel', 'get_peft_model', 'AdapterContext', 'TrainableReport']
 import copy, inspect, re, types, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Union
 import torch
 from torch import nn
 from fastcore.basics import patch
@@ -35,7 +35,7 @@ class PeftModel(nn.Module):
         self.base_model = model
         self.peft_config: dict[str, PeftConfig] = {}
         self.adapter_shared = nn.ModuleDict()  # adapter name -> frozen tensors its layers share (VeRA's random pair), saved as base_model.<name>
-        self.active_adapter = adapter_name
+        self.active_adapters: list[str] = [adapter_name]
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)
         try:
@@ -45,8 +45,13 @@ class PeftModel(nn.Module):
             self._restore_requires_grad(); raise
         _mirror_forward_signature(self)
 
-    def forward(self, *args, **kwargs): return self.base_model(*args, **kwargs)
-    def generate(self, *args, **kwargs): return self.base_model.generate(*args, **kwargs)
+    @property
+    def active_adapter(self)->str: return self.active_adapters[0]   # the first active adapter: the one most calls mean
+
+    def forward(self, *args, adapter_names:list=None, **kwargs):
+        with self._routing(adapter_names, args, kwargs): return self.base_model(*args, **kwargs)
+    def generate(self, *args, adapter_names:list=None, **kwargs):
+        with self._routing(adapter_names, args, kwargs): return self.base_model.generate(*args, **kwargs)
     def get_base_model(self)->nn.Module: return self.base_model
 
     def __getattr__(self, name):
@@ -59,7 +64,7 @@ class PeftModel(nn.Module):
 def _mirror_forward_signature(pm:nn.Module):
     "Give `pm` a bound `forward` whose signature is its base model's, for tools that inspect it."
     sig = inspect.signature(pm.base_model.forward)
-    def forward(self, *args, **kwargs): return self.base_model(*args, **kwargs)
+    def forward(self, *args, **kwargs): return type(self).forward(self, *args, **kwargs)
     forward.__signature__ = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values()])
     forward.__doc__ = type(pm).forward.__doc__
     object.__setattr__(pm, "forward", types.MethodType(forward, pm))  # deepcopy rebinds it to the copy
@@ -72,6 +77,30 @@ def get_peft_model(model:nn.Module, # a transformers (or any torch) model
     "Inject `config`'s adapter into `model` and freeze the base."
     if isinstance(model, PeftModel): raise TypeError("model is already a PeftModel: use model.add_adapter(name, config)")
     return PeftModel(model, config, adapter_name)
+
+# %% ../../nbs/00d_core_model.ipynb #2db1ccfe
+def _batch_size(args, kwargs)->Optional[int]:
+    for v in (*args, *(kwargs.get(k) for k in ("input_ids", "inputs_embeds", "pixel_values", "input_features"))):
+        if isinstance(v, torch.Tensor): return v.shape[0]
+    return None
+
+@patch
+@contextmanager
+def _routing(self:PeftModel, names:Optional[list], args:tuple, kwargs:dict):
+    "Inside: every layer routes example i through adapter `names[i]`."
+    if names is None: yield; return
+    names = list(names); n = _batch_size(args, kwargs)
+    if n is not None and len(names) != n: raise ValueError(f"adapter_names has {len(names)} names for a batch of {n}")
+    if (bad := sorted({a for a in names if a != "__base__" and a not in self.peft_config})):
+        raise ValueError(f"adapter_names: unknown adapter(s) {bad}; this model has {sorted(self.peft_config)} and '__base__'")
+    if self.training: raise ValueError("adapter_names is for inference: call model.eval() first (a mixed batch does not train)")
+    layers = [l for _, l in self._layers()]
+    if any(l.merged for l in layers): raise ValueError("adapter_names with merged adapters: unmerge_adapter() first")
+    if any(getattr(l, "lora_init", None) for l in layers): raise ValueError("adapter_names with a PiSSA/OLoRA adapter (its base weight is a residual) is not supported")
+    for l in layers: l.routing = names
+    try: yield
+    finally:
+        for l in layers: l.routing = None
 
 # %% ../../nbs/00d_core_model.ipynb #62f885ad
 @dataclass
@@ -92,14 +121,20 @@ class AdapterContext:
     def replace(self, path:str, new:nn.Module): _replace(self.base, path, new)
 
     def wrap(self, path:str, layer_cls:type=None, **kw)->AdapterLayer:
-        "Wrap module `path` in `layer_cls` (default: the config's) or reuse its wrapper, and add this adapter (`kw` go to `update_layer`)."
+        "Add this adapter to the `layer_cls` (default: the config's) layer at `path`, wrapping it — on top of any other methods' layers there — if it has none."
         layer_cls = layer_cls or self.config.layer_cls
-        m = self.module(path)
-        if isinstance(m, AdapterLayer) and not isinstance(m, layer_cls):
-            raise TypeError(f"{path} already holds a {type(m).__name__} adapter; one module holds adapters of one kind")
-        if not isinstance(m, AdapterLayer): m = layer_cls(m); self.replace(path, m)
-        m.update_layer(self.name, self.config, **kw)
-        return m
+        top = held = self.module(path)
+        while isinstance(held, AdapterLayer) and not isinstance(held, layer_cls): held = held.base_layer   # a layer of this kind in the stack?
+        if not isinstance(held, AdapterLayer):
+            if isinstance(top, ModulesToSave) or layer_cls is ModulesToSave and isinstance(top, AdapterLayer):
+                raise TypeError(f"{path} is trained in full by one adapter (modules_to_save) and adapted by another; choose one")
+            if layer_cls.stack_bottom and isinstance(top, AdapterLayer):   # deltas of the module's own tensors go right around it
+                inner = top
+                while isinstance(inner.base_layer, AdapterLayer): inner = inner.base_layer
+                held = inner.base_layer = layer_cls(inner.base_layer)
+            else: held = layer_cls(top); self.replace(path, held)   # a new kind goes on top: it sees the ones below as its base
+        held.update_layer(self.name, self.config, **kw)
+        return held
 
     def wrap_targets(self, **kw)->list[AdapterLayer]:
         "Wrap every target: the default injection."
@@ -119,9 +154,10 @@ class AdapterContext:
 
 # %% ../../nbs/00d_core_model.ipynb #0240932d
 @patch
-def _layers(self:PeftModel):
-    "(name, layer) of every AdapterLayer in the model."
-    return [(n, m) for n, m in self.base_model.named_modules() if isinstance(m, AdapterLayer)]
+def _layers(self:PeftModel, innermost_first:bool=False):
+    "(name, layer) of every AdapterLayer in the model; `innermost_first`: a stack's bottom layer before the ones on it."
+    out = [(n, m) for n, m in self.base_model.named_modules() if isinstance(m, AdapterLayer)]
+    return sorted(out, key=lambda nm: -nm[0].count(".base_layer")) if innermost_first else out
 
 @patch
 def adapter_context(self:PeftModel, adapter_name:str=None)->AdapterContext:
@@ -137,15 +173,13 @@ def _wrap_modules_to_save(self:PeftModel, ctx:AdapterContext):
         hits = [n for n, m in candidate_modules(self.base_model) if match_name(n, [t])]
         if not hits: raise ValueError(f"modules_to_save: no module named {t!r}; top-level modules: {_short_list(n for n, _ in self.base_model.named_children())}")
         for h in hits:
-            m = ctx.module(h)
-            if isinstance(m, AdapterLayer) and not isinstance(m, ModulesToSave): raise TypeError(f"modules_to_save: {h} is already an adapter target")
             ctx.wrap(h, ModulesToSave)
 
 # %% ../../nbs/00d_core_model.ipynb #74d54c56
 @patch
 def _remove_adapter_modules(self:PeftModel, name:str):
     "Delete adapter `name` from every layer; unwrap layers left without adapters."
-    for path, layer in self._layers():
+    for path, layer in self._layers(innermost_first=True):
         layer.delete(name)
         if not layer.adapter_names: _replace(self.base_model, path, layer.base_layer)
     if name in self.adapter_shared: del self.adapter_shared[name]
@@ -186,23 +220,24 @@ def _base_params_to_train(self:PeftModel, name:str)->list[str]:
 
 @patch
 def _mark_trainable(self:PeftModel):
-    "Freeze everything, then unfreeze the active adapter (unless it is in inference mode)."
+    "Freeze everything, then unfreeze the active adapters (those not in inference mode)."
     self.base_model.requires_grad_(False)
-    name = self.active_adapter
-    if name not in self.peft_config or self.peft_config[name].inference_mode: return
-    for p in self.adapter_state_dict(name).values():
-        if isinstance(p, nn.Parameter): p.requires_grad_(True)
+    for name in self.active_adapters:
+        if name not in self.peft_config or self.peft_config[name].inference_mode: continue
+        for p in self.adapter_state_dict(name).values():
+            if isinstance(p, nn.Parameter): p.requires_grad_(True)
 
 @patch
-def set_adapter(self:PeftModel, adapter_name:str):
-    "Make `adapter_name` the active (and the only trainable) adapter."
-    if adapter_name not in self.peft_config:
-        raise KeyError(f"no adapter {adapter_name!r}; this model has {sorted(self.peft_config)}")
-    for _, layer in self._layers():
-        if layer.merged:
-            warnings.warn("switching adapters on a merged model: unmerging first"); layer.unmerge()
-        layer.set_active([adapter_name])
-    self.active_adapter = adapter_name
+def set_adapter(self:PeftModel, adapter_name:Union[str, list]):
+    "Make `adapter_name` — or several, a list — the active (and the only trainable) adapters; on a shared module they stack."
+    names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+    if not names: raise ValueError("set_adapter needs at least one adapter name")
+    if (bad := [n for n in names if n not in self.peft_config]):
+        raise KeyError(f"no adapter {bad[0]!r}; this model has {sorted(self.peft_config)}")
+    if any(l.merged for _, l in self._layers()):
+        warnings.warn("switching adapters on a merged model: unmerging first"); self.unmerge_adapter()
+    for _, layer in self._layers(): layer.set_active(names)
+    self.active_adapters = names
     self._mark_trainable()
 
 # %% ../../nbs/00d_core_model.ipynb #a025478e
@@ -212,6 +247,7 @@ def adapter_state_dict(self:PeftModel, adapter_name:str=None)->dict:
     name = adapter_name or self.active_adapter
     out = {}
     for path, layer in self._layers():
+        path = re.sub(r"(\.base_layer)+$", "", path)   # a layer inside a stack is saved under the module it adapts
         out.update({f"base_model.model.{path}.{k}": v for k, v in layer.adapter_params(name).items()})
     params = dict(self.base_model.named_parameters())
     for n in self._base_params_to_train(name): out[f"base_model.model.{n}"] = params[n]
@@ -233,9 +269,9 @@ class TrainableReport:
 
 @patch
 def trainable_report(self:PeftModel)->TrainableReport:
-    "Trainable parameters, all parameters and adapter bytes of the active adapter."
+    "Trainable parameters, all parameters and adapter bytes of the active adapters."
     ps = list(self.base_model.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in self.adapter_state_dict().values())
+    nbytes = sum(t.numel() * t.element_size() for n in self.active_adapters for t in self.adapter_state_dict(n).values())
     return TrainableReport(sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps), nbytes)
 
 @patch
@@ -250,7 +286,8 @@ def delete_adapter(self:PeftModel, adapter_name:str):
     if len(self.peft_config) == 1: raise ValueError(f"{adapter_name!r} is the only adapter; use unload() to get the base model back")
     self._remove_adapter_modules(adapter_name)
     del self.peft_config[adapter_name]
-    if self.active_adapter == adapter_name: self.set_adapter(next(iter(self.peft_config)))
+    left = [n for n in self.active_adapters if n != adapter_name]
+    self.set_adapter(left or next(iter(self.peft_config)))
 
 @patch
 @contextmanager
@@ -274,21 +311,23 @@ def _check_mergeable(self:PeftModel, names):
 
 @patch
 def merge_adapter(self:PeftModel, adapter_names:list=None, safe_merge:bool=False):
-    "Fold the active adapter (or `adapter_names`) into the base weights; outputs stay the same."
-    names = adapter_names or [self.active_adapter]
+    "Fold the active adapters (or `adapter_names`) into the base weights, innermost first; outputs stay the same."
+    names = adapter_names or self.active_adapters
     self._check_mergeable(names)
-    for _, l in self._layers(): l.merge(names, safe_merge=safe_merge)
+    for _, l in self._layers(innermost_first=True):
+        if any(n in l.adapter_names for n in names): l._check_inner_merged()   # a stack merges from the bottom up
+        l.merge(names, safe_merge=safe_merge)
 
 @patch
 def unmerge_adapter(self:PeftModel):
-    "Undo every merge: base weights as they were."
-    for _, l in self._layers(): l.unmerge()
+    "Undo every merge, outermost first: base weights as they were."
+    for _, l in self._layers(innermost_first=True)[::-1]: l.unmerge()
 
 # %% ../../nbs/00d_core_model.ipynb #3667290d
 @patch
 def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->nn.Module:
     if merge: self.merge_adapter(adapter_names, safe_merge=safe_merge)
-    for path, layer in self._layers():
+    for path, layer in self._layers(innermost_first=True):
         layer.release()
         if isinstance(layer, ModulesToSave) and merge and layer.active_adapters: keep = layer.modules_to_save[layer.active_adapters[0]]
         else: keep = layer.base_layer
@@ -305,16 +344,15 @@ def merge_and_unload(self:PeftModel, safe_merge:bool=False, adapter_names:list=N
 @patch
 def unload(self:PeftModel)->nn.Module:
     "Take every adapter out without merging: the original model as it was."
-    for _, l in self._layers(): l.unmerge()
+    self.unmerge_adapter()
     return self._unwrap(False)
 
 # %% ../../nbs/00d_core_model.ipynb #cf00f37f
 @patch
-def _hook(self:PeftModel, what:str, *args):
-    "Call the active adapter's training hook `what` with its context (not for an adapter loaded for inference)."
-    cfg = self.peft_config.get(self.active_adapter)
-    if cfg is None or cfg.inference_mode: return None
-    return getattr(cfg, what)(AdapterContext(self, self.active_adapter, cfg), *args)
+def _hook(self:PeftModel, what:str, *args)->list:
+    "Call training hook `what` of every active adapter (not those loaded for inference) with its context."
+    return [getattr(cfg, what)(AdapterContext(self, n, cfg), *args) for n in self.active_adapters
+            if (cfg := self.peft_config.get(n)) is not None and not cfg.inference_mode]
 
 @patch
 def before_step(self:PeftModel, step:int, total:int):
@@ -323,10 +361,25 @@ def before_step(self:PeftModel, step:int, total:int):
 
 @patch
 def extra_loss(self:PeftModel)->Optional[torch.Tensor]:
-    "A term the active method adds to the task loss (AdaLoRA's orthogonality penalty), or None."
-    return self._hook("extra_loss")
+    "A term the active methods add to the task loss (AdaLoRA's orthogonality penalty), or None."
+    terms = [t for t in self._hook("extra_loss") if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 @patch
 def after_step(self:PeftModel, step:int, total:int):
     "Call after each optimizer step, before zeroing the gradients (AdaLoRA's rank allocation, SoRA's proximal step)."
     self._hook("after_step", step, total)
+
+# %% ../../nbs/00d_core_model.ipynb #78c3f86e
+@patch
+def activation_checkpointing_enable(self:PeftModel, activation_checkpointing_kwargs:dict=None, **kwargs):
+    "The base model's activation checkpointing (`kwargs` go to it), with the input-gradient hook that keeps adapters training."
+    enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+    if enable is not None: enable(activation_checkpointing_kwargs, **kwargs)
+    else: self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)  # transformers 4
+    self.base_model.enable_input_require_grads()
+
+@patch
+def gradient_checkpointing_enable(self:PeftModel, gradient_checkpointing_kwargs:dict=None, **kwargs):
+    "The name transformers 4 (and PEFT users) know: `activation_checkpointing_enable`."
+    self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)

@@ -88,7 +88,7 @@ class IA3Config(PeftConfig):
         if ff is None and self.target_modules is None: ff = self.default_feedforward_modules.get(getattr(getattr(ctx.base, "config", None), "model_type", None))
         targets = ctx.targets()
         is_ff = {t: match_name(t, ff) for t in targets}
-        if ff is not None and not any(is_ff.values()) and self.feedforward_modules is not None:
+        if self.feedforward_modules and not any(is_ff.values()):
             raise ValueError(f"feedforward_modules={self.feedforward_modules!r} matches none of the targets {targets[:6]}")
         for t in targets: ctx.wrap(t, feedforward=is_ff[t])
 

@@ -153,7 +153,7 @@ class DoraLinearFn(torch.autograd.Function):
 def forward(self:DoraLayer, *args, **kwargs):
     names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
     n = names[0] if len(names) == 1 else None
-    fast = (x is not None and n in self.lora_magnitude_vector and not (self.disabled or self.merged)
+    fast = (x is not None and n in self.lora_magnitude_vector and not (self.disabled or self.merged) and self.routing is None
             and type(base) in (nn.Linear, Conv1D) and x.dtype == base.weight.dtype == self.lora_A[n].weight.dtype
             and not torch.is_autocast_enabled(x.device.type) and set(self.lora_init) <= {n}
             and not (self.training and isinstance(self.lora_dropout[n], nn.Dropout)))

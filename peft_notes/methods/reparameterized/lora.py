@@ -137,7 +137,7 @@ LoraLayer.forward_plain = AdapterLayer.forward   # the plain path; the PiSSA sec
 def forward(self:LoraLayer, *args, **kwargs):
     names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
     fast = (type(self).combine is LoraLayer.combine      # the node computes LoRA's algebra: a subclass that changes it never inherits it
-            and x is not None and len(names) == 1 and not (self.disabled or self.merged) and type(base) in (nn.Linear, Conv1D)
+            and x is not None and len(names) == 1 and not (self.disabled or self.merged) and self.routing is None and type(base) in (nn.Linear, Conv1D)
             and x.dtype == base.weight.dtype == self.lora_A[names[0]].weight.dtype and not torch.is_autocast_enabled(x.device.type)
             and set(self.lora_init) <= set(names))   # a PiSSA adapter not in use needs the plain path (see PiSSA below)
     if not fast: return self.forward_plain(*args, **kwargs)

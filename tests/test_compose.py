@@ -1,0 +1,129 @@
+"""Composition: several adapters active at once — stacked on one module, of different methods — and per-example routing in one batch
+(`adapter_names=`), with Hugging Face PEFT's mixed-batch forward as the oracle."""
+import pytest, torch
+peft = pytest.importorskip("peft")  # dev extra; `make test` installs it, so this never skips there
+from peft_notes.core import AdapterLayer, PeftModel, get_peft_model
+from peft_notes.interop import to_hf_peft
+from peft_notes.models import tiny_bert, tiny_llama
+from peft_notes.reparam import LoraConfig, LoraLayer
+from peft_notes.methods.additive.ia3 import IA3Config, IA3Layer
+from peft_notes.methods.selective.bitfit import BitFitConfig
+
+def _nudge(pm, names, seed=0):
+    "Move the named adapters' tensors off their init, so that each one changes the output."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n in names:
+            for p in pm.adapter_state_dict(n).values():
+                if p.is_floating_point() and p.dtype != torch.bool: p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return pm.eval()
+
+IDS = torch.randint(0, 99, (3, 9), generator=torch.Generator().manual_seed(0))
+
+# ---------------- stacked on one module ----------------
+@pytest.fixture
+def stacked():
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["k_proj", "v_proj"]), "lora")
+    pm.add_adapter("ia3", IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    pm.set_adapter(["lora", "ia3"])
+    return _nudge(pm, ["lora", "ia3"])
+
+def test_two_methods_stack_on_one_linear(stacked):
+    top = stacked.base_model.model.layers[0].self_attn.k_proj
+    assert isinstance(top, IA3Layer) and isinstance(top.base_layer, LoraLayer) and isinstance(top.base_layer.base_layer, torch.nn.Linear)
+    x = torch.randn(2, 5, 32)
+    inner = top.base_layer
+    lora = inner.base_layer(x) + inner.lora_B["lora"](inner.lora_A["lora"](x)) * inner.scaling["lora"]
+    with torch.no_grad(): torch.testing.assert_close(top(x), lora * top.ia3_l["ia3"].flatten(), atol=1e-6, rtol=0)  # l ⊙ (Wx + sBAx)
+    assert stacked.active_adapters == ["lora", "ia3"]
+    trainable = {n for n, p in stacked.named_parameters() if p.requires_grad}
+    assert any(".lora_A." in n for n in trainable) and any(".ia3_l." in n for n in trainable)
+
+def test_stack_disables_merges_and_unloads(stacked):
+    base = tiny_llama()
+    with torch.no_grad():
+        y0, y = base(IDS).logits, stacked(IDS).logits
+        assert not torch.allclose(y, y0)
+        with stacked.disable_adapter(): assert torch.equal(stacked(IDS).logits, y0)
+        with pytest.raises(ValueError, match="not merged; merge those first"): stacked.merge_adapter(["ia3"])
+        stacked.merge_adapter()                                   # every active adapter, innermost first
+        torch.testing.assert_close(stacked(IDS).logits, y, atol=1e-5, rtol=0)
+        stacked.unmerge_adapter()
+        torch.testing.assert_close(stacked(IDS).logits, y, atol=1e-5, rtol=0)
+    stacked.delete_adapter("lora")
+    assert stacked.active_adapters == ["ia3"] and isinstance(stacked.base_model.model.layers[0].self_attn.k_proj.base_layer, torch.nn.Linear)
+    plain = stacked.unload()
+    assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain.state_dict().values(), base.state_dict().values()))
+
+def test_stacked_adapters_train_together_and_reload(stacked, tmp_path):
+    stacked.train()
+    opt = torch.optim.Adam([p for p in stacked.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3): opt.zero_grad(); stacked(IDS, labels=IDS).loss.backward(); opt.step()
+    stacked.eval()
+    for n in ("lora", "ia3"): stacked.save_adapter(tmp_path / n, n)
+    back = PeftModel.from_pretrained(tiny_llama(), tmp_path / "lora", "lora")
+    back.load_adapter(tmp_path / "ia3", "ia3"); back.set_adapter(["lora", "ia3"])
+    with torch.no_grad(): assert torch.equal(back(IDS).logits, stacked(IDS).logits)
+
+# ---------------- per-example routing ----------------
+def _two_loras():
+    pm = get_peft_model(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules="all-linear"), "a")
+    pm.add_adapter("b", LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    return _nudge(pm, ["a", "b"])
+
+def test_a_mixed_batch_equals_each_example_alone():
+    pm = _two_loras()
+    names = ["a", "b", "__base__"]
+    with torch.no_grad():
+        mixed = pm(IDS, adapter_names=names).logits
+        for i, n in enumerate(names):
+            if n == "__base__":
+                with pm.disable_adapter(): alone = pm(IDS[i:i + 1]).logits
+            else: pm.set_adapter(n); alone = pm(IDS[i:i + 1]).logits
+            torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-5, rtol=0)
+    assert pm.active_adapters == ["b"]   # routing did not change the active adapter
+
+def test_a_mixed_batch_equals_peft(tmp_path):
+    pm = _two_loras()
+    for n in ("a", "b"): to_hf_peft(pm, tmp_path / n, n)
+    theirs = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "a", adapter_name="a")
+    theirs.load_adapter(tmp_path / "b", adapter_name="b"); theirs.eval()
+    names = ["b", "__base__", "a"]
+    with torch.no_grad():
+        ours, want = pm(IDS, adapter_names=names).logits, theirs(IDS, adapter_names=names).logits
+    compared = sum(1 for m in theirs.modules() if hasattr(m, "lora_A") and {"a", "b"} & set(m.lora_A))
+    assert compared == 2 * 7 and not torch.allclose(ours[0], ours[1])   # 7 linear layers per block carry an adapter
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
+
+def test_mixed_batch_across_kinds_and_heads():
+    "LoRA, (IA)³ (input and output side) and BitFit deltas, each with its own head, in one batch."
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2, modules_to_save=["classifier"]), "lora")
+    pm.add_adapter("ia3", IA3Config(modules_to_save=["classifier"])); pm.add_adapter("bitfit", BitFitConfig(target_modules=["intermediate.dense", "output.dense"], modules_to_save=["classifier"]))
+    _nudge(pm, ["lora", "ia3", "bitfit"])
+    ids = torch.randint(0, 99, (4, 9), generator=torch.Generator().manual_seed(1))
+    names = ["ia3", "bitfit", "__base__", "lora"]
+    with torch.no_grad():
+        mixed = pm(ids, adapter_names=names).logits
+        for i, n in enumerate(names):
+            if n == "__base__":
+                with pm.disable_adapter(): alone = pm(ids[i:i + 1]).logits
+            else: pm.set_adapter(n); alone = pm(ids[i:i + 1]).logits
+            torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-5, rtol=0)
+
+def test_generate_with_a_mixed_batch():
+    pm = _two_loras()
+    names = ["a", "b"]
+    with torch.no_grad():
+        out = pm.generate(IDS[:2], adapter_names=names, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        for i, n in enumerate(names):
+            pm.set_adapter(n)
+            assert torch.equal(out[i:i + 1], pm.generate(IDS[i:i + 1], max_new_tokens=4, do_sample=False, pad_token_id=0))
+
+@pytest.mark.parametrize("names,train,msg", [(["a", "b"], False, "adapter_names has 2 names for a batch of 3"),
+                                             (["a", "zz", "__base__"], False, "unknown adapter(s) ['zz']"),
+                                             (["a", "b", "a"], True, "adapter_names is for inference")])
+def test_bad_routing_is_refused(names, train, msg):
+    pm = _two_loras().train(train)
+    with pytest.raises(ValueError, match=msg.replace("(", "\\(").replace(")", "\\)").replace("[", "\\[").replace("]", "\\]")): pm(IDS, adapter_names=names)
+    assert all(l.routing is None for _, l in pm.adapter_context().layers())
