@@ -76,6 +76,20 @@ def _check_save_load(pm, make_model, inputs, out, seed):
         assert again.trainable_report().trainable == pm.trainable_report().trainable
         return sum(f.stat().st_size for f in Path(d).iterdir())
 
+# %% ../nbs/04_testing.ipynb #3c6a622b
+def _check_mixed_batch(pm, inputs, out, y0, atol):
+    "One batch with example 0 through the adapter and the rest through the base: every row as when its batch ran alone."
+    n = next(v for v in inputs.values() if torch.is_tensor(v)).shape[0]
+    if n < 2: return "not checked (a batch of one)"
+    try: mixed = _logits(pm(**inputs, adapter_names=["default"] + ["__base__"] * (n - 1)))
+    except ValueError as e:
+        if "PiSSA" in str(e): return "refused (PiSSA/OLoRA: the base weight is a residual)"
+        raise
+    tol = max(atol, 1e-5)
+    torch.testing.assert_close(mixed[:1], out[:1], atol=tol, rtol=0, msg=lambda m: f"mixed batch, the adapter's row: {m}")
+    torch.testing.assert_close(mixed[1:], y0[1:], atol=tol, rtol=0, msg=lambda m: f"mixed batch, the base's rows: {m}")
+    return max((mixed[:1] - out[:1]).abs().max().item(), (mixed[1:] - y0[1:]).abs().max().item())
+
 # %% ../nbs/04_testing.ipynb #84e7ee99
 def check_method(make_config, # () -> a fresh config of the method
                  make_model, # () -> a fresh base model; called under a fixed seed, so calls give equal models
@@ -117,5 +131,6 @@ def check_method(make_config, # () -> a fresh config of the method
         if identity_at_init: torch.testing.assert_close(y2, y0, atol=max(base_atol, 1e-6), rtol=0, msg=lambda m: f"a fresh second adapter does not give the base output: {m}")
         pm.set_adapter("default"); torch.testing.assert_close(_logits(pm(**inputs)), out, atol=base_atol, rtol=0)
         pm.delete_adapter("second"); torch.testing.assert_close(_logits(pm(**inputs)), out, atol=base_atol, rtol=0)
+        r["mixed_batch_max_diff"] = _check_mixed_batch(pm, inputs, out, y0, base_atol)
         if oracle is not None: oracle(pm, inputs)
     return r

@@ -72,17 +72,22 @@ def _two_loras():
     pm.add_adapter("b", LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
     return _nudge(pm, ["a", "b"])
 
-def test_a_mixed_batch_equals_each_example_alone():
-    pm = _two_loras()
-    names = ["a", "b", "__base__"]
+def _check_each_row_alone(pm, ids, names):
+    "The mixed-batch logits of example i equal example i run alone with its adapter set ('__base__': adapters disabled)."
     with torch.no_grad():
-        mixed = pm(IDS, adapter_names=names).logits
+        mixed = pm(ids, adapter_names=names).logits
         for i, n in enumerate(names):
             if n == "__base__":
-                with pm.disable_adapter(): alone = pm(IDS[i:i + 1]).logits
-            else: pm.set_adapter(n); alone = pm(IDS[i:i + 1]).logits
+                with pm.disable_adapter(): alone = pm(ids[i:i + 1]).logits
+            else: pm.set_adapter(n); alone = pm(ids[i:i + 1]).logits
             torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-5, rtol=0)
-    assert pm.active_adapters == ["b"]   # routing did not change the active adapter
+
+def test_a_mixed_batch_equals_each_example_alone():
+    pm = _two_loras()
+    assert pm.active_adapters == ["a"]
+    with torch.no_grad(): pm(IDS, adapter_names=["b", "b", "__base__"])
+    assert pm.active_adapters == ["a"]   # routing does not change the active adapter
+    _check_each_row_alone(pm, IDS, ["a", "b", "__base__"])
 
 def test_a_mixed_batch_equals_peft(tmp_path):
     pm = _two_loras()
@@ -101,15 +106,7 @@ def test_mixed_batch_across_kinds_and_heads():
     pm = get_peft_model(tiny_bert(), LoraConfig(r=2, modules_to_save=["classifier"]), "lora")
     pm.add_adapter("ia3", IA3Config(modules_to_save=["classifier"])); pm.add_adapter("bitfit", BitFitConfig(target_modules=["intermediate.dense", "output.dense"], modules_to_save=["classifier"]))
     _nudge(pm, ["lora", "ia3", "bitfit"])
-    ids = torch.randint(0, 99, (4, 9), generator=torch.Generator().manual_seed(1))
-    names = ["ia3", "bitfit", "__base__", "lora"]
-    with torch.no_grad():
-        mixed = pm(ids, adapter_names=names).logits
-        for i, n in enumerate(names):
-            if n == "__base__":
-                with pm.disable_adapter(): alone = pm(ids[i:i + 1]).logits
-            else: pm.set_adapter(n); alone = pm(ids[i:i + 1]).logits
-            torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-5, rtol=0)
+    _check_each_row_alone(pm, torch.randint(0, 99, (4, 9), generator=torch.Generator().manual_seed(1)), ["ia3", "bitfit", "__base__", "lora"])
 
 def test_generate_with_a_mixed_batch():
     pm = _two_loras()
