@@ -14,7 +14,8 @@ METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", 
 LR = {"ia3": 5e-2, "bitfit": 5e-2}
 
 def test_every_registered_method_is_in_the_matrix():
-    assert set(list_methods()) == set(METHODS)
+    "Every method the package registers (tests may register methods of their own in the same process: not counted)."
+    assert {n for n, c in list_methods().items() if c.__module__.startswith("peft_notes.")} == set(METHODS)
 
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
 @pytest.mark.parametrize("method", METHODS)
