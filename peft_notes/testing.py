@@ -21,6 +21,11 @@ def default_inputs(model:nn.Module, batch:int=2, seq:int=10)->dict:
 
 def _logits(out): return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
 
+def _text_part(y:torch.Tensor, like:torch.Tensor)->torch.Tensor:
+    "The positions of `y` that match `like`'s: a causal LM with a soft prompt returns the prompt's logits first, then the text's."
+    if y.shape == like.shape or y.dim() != 3 or y.shape[1] < like.shape[1]: return y
+    return y[:, -like.shape[1]:]
+
 def _loss(model, inputs, labels):
     "Cross-entropy of the model's logits against fixed random labels: a task any adapter can fit."
     z = _logits(model(**inputs)).float()
@@ -32,6 +37,7 @@ def _check_train(pm, inputs, steps, lr):
     z = _logits(pm(**inputs))
     labels = torch.randint(0, z.shape[-1], z.shape[:-1], generator=torch.Generator().manual_seed(2))
     adapter = {id(p) for p in pm.adapter_state_dict().values() if isinstance(p, nn.Parameter)}  # buffers (PiSSA's A0, B0) are saved, not trained
+    if pm.active_adapter in pm.adapter_inputs: adapter |= {id(p) for p in pm.adapter_inputs[pm.active_adapter].parameters()}  # prefix tuning's MLP trains, unsaved
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable, "no parameter requires grad after get_peft_model"
     assert {id(p) for p in trainable} == adapter, "the trainable parameters are not exactly the adapter's tensors"
@@ -81,6 +87,7 @@ def _check_mixed_batch(pm, inputs, out, y0, atol):
     "One batch with example 0 through the adapter and the rest through the base: every row as when its batch ran alone."
     n = next(v for v in inputs.values() if torch.is_tensor(v)).shape[0]
     if n < 2: return "not checked (a batch of one)"
+    if pm.active_adapter in pm.adapter_inputs: return "refused (a prompt/prefix: rows of different lengths)"
     try: mixed = _logits(pm(**inputs, adapter_names=["default"] + ["__base__"] * (n - 1)))
     except ValueError as e:
         if "PiSSA" in str(e): return "refused (PiSSA/OLoRA: the base weight is a residual)"
@@ -109,16 +116,16 @@ def check_method(make_config, # () -> a fresh config of the method
     pm = get_peft_model(base, make_config())
     r = {"trainable": pm.trainable_report().trainable, "total": pm.trainable_report().total}
     with torch.no_grad(): y_init = _logits(pm.eval()(**inputs))
-    r["init_max_diff"] = (y_init - y0).abs().max().item()
+    r["init_max_diff"] = (_text_part(y_init, y0) - y0).abs().max().item()
     if identity_at_init: assert r["init_max_diff"] <= base_atol and y_init.isfinite().all(), f"output differs from the base at init (max {r['init_max_diff']:.2e})"
     r["loss_before"], r["loss_after"] = _check_train(pm, inputs, steps, lr)
     pm.eval()
     with torch.no_grad():
         out = _logits(pm(**inputs)).clone()
         with pm.disable_adapter(): torch.testing.assert_close(_logits(pm(**inputs)), y0, atol=base_atol, rtol=0, msg=lambda m: f"disable_adapter() does not give the base output: {m}")
-        assert not torch.allclose(out, y0), "the trained adapter does not change the output"
+        assert not torch.allclose(_text_part(out, y0), y0), "the trained adapter does not change the output"
         r["adapter_file_bytes"] = _check_save_load(pm, make_model, inputs, out, seed)
-        if mergeable is None: mergeable = pm.peft_config[pm.active_adapter].layer_cls.mergeable
+        if mergeable is None: mergeable = getattr(pm.peft_config[pm.active_adapter].layer_cls, "mergeable", False)
         if mergeable:
             r["merge_max_diff"], r["unmerge_weight_err"] = _check_merge(pm, inputs, out, atol)
             out = _logits(pm(**inputs))  # merge + unmerge round the base weights by ~1e-9: compare with this from here on

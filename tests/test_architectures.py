@@ -39,18 +39,29 @@ def test_default_targets(name):
 
 NO_BIAS = {"llama", "mistral", "t5"}   # bias-free linear layers and norms: BitFit has nothing to train there
 
+REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
+    ("prompt_tuning", "vit"): "no token embedding table", ("prefix_tuning", "vit"): "no token embedding table",
+    ("prefix_tuning", "t5"): "encoder-decoder"}   # each refusal names why
+INPUTS_KIND = {"prompt_tuning", "prefix_tuning"}   # they change the inputs: something new to read from the start, no layers
+
 @pytest.mark.parametrize("name", ARCHS)
-@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit"])
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods
     torch.manual_seed(0); base = ARCHS[name]().eval()
     x = _inputs(name)
     with torch.no_grad(): y0 = base(**x).logits.clone()
-    if method == "bitfit" and name in NO_BIAS:
-        with pytest.raises(ValueError, match="owns a bias"): get_peft_model(base, list_methods()[method]())
+    if (method, name) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[method, name]): get_peft_model(base, list_methods()[method]())
         return
     pm = get_peft_model(base, list_methods()[method]())
+    if method in INPUTS_KIND:
+        with torch.no_grad():
+            y = pm(**x).logits
+            assert y.isfinite().all() and not torch.allclose(y[:, -y0.shape[1]:] if y.shape != y0.shape else y, y0)
+            with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
+        return
     assert len(pm.adapter_context().layers()) >= 2
     with torch.no_grad():
         torch.testing.assert_close(pm(**x).logits, y0, atol=1e-6, rtol=0)   # every method starts at the base

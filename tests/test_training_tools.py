@@ -44,7 +44,7 @@ def test_save_model_writes_a_loadable_adapter(tmp_path):
     x = _rows(2)[0]["input_ids"][None]
     with torch.no_grad(): assert torch.equal(back(x).logits, pm.eval()(x).logits)
 
-METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit"]
+METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning"]
 
 @pytest.mark.parametrize("reentrant", [True, False])
 @pytest.mark.parametrize("method", METHODS)
@@ -68,3 +68,12 @@ def test_gradient_checkpointing_trains_every_method(method, reentrant):
     missing = [n for n, g in g1.items() if g is None]
     assert not missing, f"no gradient with checkpointing: {missing[:3]}"
     for n in g0: torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_tuning_refuses_activation_checkpointing_in_training():
+    "The prefix is a KV cache that checkpointing's recomputation would append to twice (PEFT refuses it too)."
+    pm = get_peft_model(tiny_llama(), list_methods()["prefix_tuning"](num_virtual_tokens=3)).train()
+    pm.gradient_checkpointing_enable()
+    x = torch.randint(0, 99, (2, 6))
+    with pytest.raises(ValueError, match="activation checkpointing"): pm(x, labels=x)
+    with torch.no_grad(): assert pm.eval()(x).logits.shape == (2, 6, 99)   # inference recomputes nothing: allowed

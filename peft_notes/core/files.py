@@ -102,6 +102,9 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(want[k].shape)}"
               for k in sorted(set(want) & set(tensors)) if tensors[k].shape != want[k].shape]
+    if (computed := sorted(k for k, t in want.items() if not t.is_leaf)):
+        raise ValueError(f"adapter {name!r} computes {_short_list(computed, 4)} from parameters that are not saved (prefix tuning's MLP): "
+                         "load the saved adapter with its saved config, which stores the computed tensors directly")
     if missing or unexpected or shapes:
         msg = [f"adapter {source} does not fit this model"]
         if shapes: msg.append(f"shape mismatches ({len(shapes)}): {_short_list(shapes, 4)}")
