@@ -47,7 +47,7 @@ class LoraLayer(LinearAdapterLayer):
 # %% ../../../nbs/10_lora.ipynb #1f10910b
 def init_lora(A:torch.Tensor, # (r, d_in)
               B:torch.Tensor, # (d_out, r)
-              how:Union[bool, str]=True, # True: nn.Linear's default for A, B = 0; "gaussian": A ~ N(0, 1/r), B = 0; False: B random too
+              how:Union[bool, str]=True, # True: nn.Linear's default for A, B = 0; "gaussian": A ~ N(0, 1/r²) (std 1/r, as PEFT), B = 0; False: B random too
              ):
     "Initialise a LoRA pair in place."
     with torch.no_grad():
