@@ -13,6 +13,7 @@ layer minus the frozen layer alone.
 import argparse, json, statistics, sys
 from pathlib import Path
 import torch
+from peft_notes.train import provenance
 sys.path.insert(0, str(Path(__file__).parent))
 from lora_bench import _batch, build, interleaved, ratio, step
 
@@ -70,7 +71,7 @@ def main(argv=None):
     for k, (v, lo, hi) in ratios.items(): print(f"{k:<36} {v:>7.3f}  IQR {lo:.3f}-{hi:.3f}" + ("   goal <= 0.90: " + ("ok" if v <= 0.9 else "MISSED") if k.startswith("ours / hf") else ""))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"args": vars(a), "step_s": t, "layer_s": layer_s, "ratios": ratios, "threads": torch.get_num_threads()}, indent=1))
+        Path(a.out).write_text(json.dumps({"provenance": provenance(), "args": vars(a), "step_s": t, "layer_s": layer_s, "ratios": ratios, "threads": torch.get_num_threads()}, indent=1))
     return ratios
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ for backward, gradients, optimizer state).
 import argparse, json, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
+from peft_notes.train import provenance
 
 ROWS = ("ours", "hf", "floor", "full", "ours_ckpt")
 GOALS = {"ours / hf step": 0.95, "ours / floor step": 1.10, "ours / full memory": 0.6,
@@ -243,7 +244,7 @@ def main(argv=None):
     for k, (v, lo, hi) in extra.items(): print(f"{k:<36} {v:>8.3f} {lo:>6.3f}-{hi:<6.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"args": vars(a), "step_s": t_step, "inference_s": t_inf, "mixed_batch_s": t_mix, "mixed_batch_err": mix_err, "layer_s": layer_s, "memory": mem,
+        Path(a.out).write_text(json.dumps({"provenance": provenance(), "args": vars(a), "step_s": t_step, "inference_s": t_inf, "mixed_batch_s": t_mix, "mixed_batch_err": mix_err, "layer_s": layer_s, "memory": mem,
                                            "ratios": ratios, "extra": extra, "merge_err": err, "threads": torch.get_num_threads()}, indent=1))
     return ratios
 

@@ -713,6 +713,7 @@ d = { 'settings': { 'branch': 'main',
                                   'peft_notes.train.make_loader': ('train.html#make_loader', 'peft_notes/train.py'),
                                   'peft_notes.train.method_config': ('train.html#method_config', 'peft_notes/train.py'),
                                   'peft_notes.train.plot_results': ('train.html#plot_results', 'peft_notes/train.py'),
+                                  'peft_notes.train.provenance': ('train.html#provenance', 'peft_notes/train.py'),
                                   'peft_notes.train.run_method': ('train.html#run_method', 'peft_notes/train.py'),
                                   'peft_notes.train.save_results': ('train.html#save_results', 'peft_notes/train.py'),
                                   'peft_notes.train.stored_bytes': ('train.html#stored_bytes', 'peft_notes/train.py')}}}

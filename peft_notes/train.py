@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'evaluate', 'History', 'PeakMemory', 'fit',
-           'load_task', 'build_model', 'method_config', 'stored_bytes', 'run_method', 'evaluate_adapter',
+           'load_task', 'build_model', 'method_config', 'stored_bytes', 'provenance', 'run_method', 'evaluate_adapter',
            'save_results', 'compare', 'format_table', 'plot_results', 'AdapterCheckpoints', 'AdapterTrainer']
 
 # %% ../nbs/03_train.ipynb #191ecbcc
@@ -183,6 +183,23 @@ def stored_bytes(model:nn.Module)->int:
             model.save_adapter(d); return sum(f.stat().st_size for f in Path(d).iterdir())
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
+# %% ../nbs/03_train.ipynb #e6dbc639
+def provenance(command:list=None, # default: this process's command line
+              )->dict:
+    "What produced a result: the git commit (and uncommitted changes), package versions, the command, the time, the threads."
+    import importlib.metadata as md, platform, subprocess, sys
+    root = Path(__file__).resolve().parent.parent
+    def git(*args):
+        try: return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception: return ""
+    versions = {"python": platform.python_version()}
+    for p in ("peft-notes", "torch", "transformers", "accelerate", "datasets", "peft"):
+        try: versions[p] = md.version(p)
+        except md.PackageNotFoundError: pass
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "command": list(command) if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads()}
+
 # %% ../nbs/03_train.ipynb #cd7d53e5
 def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, max_length:int=64,
                batch_size:int=32, lr:float=None, seed:int=0, progress:bool=True, data=None,
@@ -207,7 +224,7 @@ def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, 
             "max_length": max_length, "seed": seed, "config": config or {}, "trainable": tr, "total": total,
             "trainable_pct": 100 * tr / total, "stored_bytes": stored_bytes(model), "acc_before": before,
             "acc_after": h.final_accuracy, "median_step_s": h.median_step_s, "peak_rss_mb": h.peak_rss_mb,
-            "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals}
+            "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals, "provenance": provenance()}
 
 # %% ../nbs/03_train.ipynb #260912b9
 def evaluate_adapter(folder, max_length:int=None, batch_size:int=128)->tuple:
