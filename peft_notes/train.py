@@ -188,7 +188,8 @@ def provenance(command:list=None, # default: this process's command line
               )->dict:
     "What produced a result: the git commit (and uncommitted changes), package versions, the command, the time, the threads."
     import importlib.metadata as md, platform, subprocess, sys
-    root = Path(__file__).resolve().parent.parent
+    import peft_notes
+    root = Path(peft_notes.__file__).resolve().parent.parent   # the repository, when the package runs from one
     def git(*args):
         try: return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20).stdout.strip()
         except Exception: return ""
@@ -196,7 +197,7 @@ def provenance(command:list=None, # default: this process's command line
     for p in ("peft-notes", "torch", "transformers", "accelerate", "datasets", "peft"):
         try: versions[p] = md.version(p)
         except md.PackageNotFoundError: pass
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!runs")),   # results being written are not code
             "versions": versions, "command": list(command) if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads()}
 

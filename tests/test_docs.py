@@ -18,3 +18,27 @@ def test_site_has_a_page_per_notebook():
     page = (site / "10_lora.html").read_text()
     assert "Low-rank adaptation" in page and "peft-notes" in page   # the chapter, in the site's frame from _quarto.yml
     assert "LoraLayer" in page
+
+def test_displayed_cell_without_stored_output_is_caught(tmp_path):
+    "The notebook runner fails a chapter whose displayed cell shows something when run but has no stored output."
+    import json
+    cell = lambda src, outs: {"cell_type": "code", "execution_count": None, "id": f"c{len(src)}", "metadata": {}, "outputs": outs, "source": src}
+    shown = [{"output_type": "execute_result", "data": {"text/plain": "2"}, "metadata": {}, "execution_count": None}]
+    def nb(cells):
+        p = tmp_path / "t.ipynb"
+        p.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}))
+        return subprocess.run([sys.executable, str(ROOT / "tests" / "_run_nb.py"), str(p), str(ROOT)], capture_output=True, text=True, timeout=300)
+    r = nb([cell("x = 1", []), cell("x + 1", [])])
+    assert r.returncode == 2 and "cell 1: ... x + 1" in r.stderr, r.stderr
+    assert nb([cell("x = 1", []), cell("x + 1", shown)]).returncode == 0
+    assert nb([cell("x = 1", []), cell("#| hide\nx + 1", [])]).returncode == 0     # a hidden check is not on the page
+    assert nb([cell("x = 1", []), cell("x + 1;", [])]).returncode == 0             # nothing to show
+    assert nb([cell("1/0", [])]).returncode == 1                                     # a failing cell is a failure, not a blank
+
+def test_sidebar_lists_every_chapter_once():
+    "The reading order is written by hand (custom_sidebar): every notebook is in it, once, and nothing else is."
+    import re
+    names = re.findall(r"^\s*- (\S+\.ipynb)\s*$", (ROOT / "nbs" / "sidebar.yml").read_text(), re.M)
+    nbs = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
+    assert sorted(names) == nbs and len(names) == len(set(names)), (sorted(set(nbs) - set(names)), sorted(set(names) - set(nbs)))
+    assert names[:2] == ["index.ipynb", "00_intro.ipynb"]

@@ -1,4 +1,5 @@
-"""Every chapter executed, one test per notebook (nbdev_test itself only prints 'Success.').
+"""Every chapter executed, one test per notebook (nbdev_test itself only prints 'Success.'), and every displayed cell that
+shows something when it runs carries that output in the stored notebook, so the rendered page shows it (tests/_run_nb.py).
 
 Each notebook runs in a process of its own: a chapter registers its methods as it defines them, and must not see
 the classes another chapter (or another test) registered in the same interpreter."""
@@ -8,10 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith("_"))
-RUN = ("import sys; from pathlib import Path; import nbdev.test as t; "
-       "ok, secs = t.test_nb(Path(sys.argv[1]), skip_flags=['slow'], basepath=Path(sys.argv[2])); sys.exit(0 if ok else 1)")
+RUN = Path(__file__).with_name("_run_nb.py")
 
 @pytest.mark.parametrize("nb", NBS, ids=[p.stem for p in NBS])
 def test_notebook(nb):
-    r = subprocess.run([sys.executable, "-c", RUN, str(nb), str(ROOT)], capture_output=True, text=True, timeout=1200)
+    r = subprocess.run([sys.executable, str(RUN), str(nb), str(ROOT)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode != 2, r.stderr[-3000:]                       # displayed cells whose output the page would not show
     assert r.returncode == 0, f"{nb.name} failed:\n{r.stderr[-6000:]}"
