@@ -8,16 +8,30 @@ def test_quarto_yml_is_the_top_level_file():
     link = ROOT / "nbs" / "_quarto.yml"
     assert link.is_symlink() and link.resolve() == (ROOT / "_quarto.yml").resolve()
 
-def test_site_has_a_page_per_notebook():
-    r = subprocess.run([sys.executable, "tools/docs.py", "site"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+def _git(*args)->str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+def test_site_has_a_page_per_notebook(tmp_path):
+    "The site builds in a copy of the tracked files, never writing into the repository; every notebook gets a page."
+    import shutil
+    before = _git("status", "--porcelain")
+    copy = tmp_path / "repo"
+    for f in _git("ls-files").splitlines():
+        src, dst = ROOT / f, copy / f
+        if not src.exists() and not src.is_symlink(): continue   # deleted in the working tree
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst, follow_symlinks=False)             # nbs/_quarto.yml stays a link to ../_quarto.yml
+    r = subprocess.run([sys.executable, "tools/docs.py", "site"], cwd=copy, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    site = ROOT / "_docs"
+    assert _git("status", "--porcelain") == before, "building the site changed the repository"
+    site = copy / "_docs"
     nbs = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
     missing = [n for n in nbs if not (site / f"{n}.html").exists() and not (site / n / "index.html").exists()]
     assert not missing, f"no page for {missing}; site has {sorted(p.name for p in site.iterdir())[:20]}"
     page = (site / "10_lora.html").read_text()
     assert "Low-rank adaptation" in page and "peft-notes" in page   # the chapter, in the site's frame from _quarto.yml
     assert "LoraLayer" in page
+    assert "Reparameterized PEFT" in (site / "index.html").read_text()   # the hand-written sidebar, by family
 
 def test_displayed_cell_without_stored_output_is_caught(tmp_path):
     "The notebook runner fails a chapter whose displayed cell shows something when run but has no stored output."
