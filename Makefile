@@ -5,7 +5,7 @@ export PEFT_NOTES_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/da
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: all demo test bench docs readme lab export clean-nbs check venv
+.PHONY: all demo test slow bench docs readme lab export clean-nbs check venv
 
 all: test
 
@@ -23,6 +23,10 @@ demo: .venv/.installed
 
 test: .venv/.installed
 	$(PY) -m pytest -n 2 -q tests
+
+# every chapter with its slow cells too (the full-size runs whose outputs the chapters keep); they assert the figures their prose quotes
+slow: .venv/.installed
+	PEFT_NOTES_SLOW=1 $(PY) -m pytest -n 2 -q tests/test_notebooks.py
 
 # LoRA speed and memory ratios (issue 3's benchmark), ~6 min on 2 cores; see bench/lora_bench.py
 bench: .venv/.installed

@@ -2,7 +2,7 @@
 every displayed cell that printed or displayed something when it ran must carry that output in the stored notebook,
 or the rendered page shows prose about a table or figure that is not there.
 
-Usage: python tests/_run_nb.py NOTEBOOK REPO_ROOT   (exit 1: a cell failed; exit 2: displayed cells without stored output)"""
+Usage: [PEFT_NOTES_SLOW=1] python tests/_run_nb.py NOTEBOOK REPO_ROOT   (exit 1: a cell failed; exit 2: displayed cells without stored output)"""
 import os, sys
 from pathlib import Path
 from execnb.shell import CaptureShell
@@ -10,7 +10,7 @@ from fastcore.xtras import working_directory
 from nbdev.frontmatter import FrontmatterProc
 from nbdev.process import NBProcessor
 
-SKIP_FLAGS = {"slow"}
+SKIP_FLAGS = set() if os.environ.get("PEFT_NOTES_SLOW") == "1" else {"slow"}   # `make slow` runs the slow cells too
 NOT_SHOWN = {"hide", "export", "exports", "exporti"}   # directives whose cell the page does not show with its output
 
 def skipped(cell)->bool:

@@ -48,6 +48,12 @@ def test_displayed_cell_without_stored_output_is_caught(tmp_path):
     assert nb([cell("x = 1", []), cell("#| hide\nx + 1", [])]).returncode == 0     # a hidden check is not on the page
     assert nb([cell("x = 1", []), cell("x + 1;", [])]).returncode == 0             # nothing to show
     assert nb([cell("1/0", [])]).returncode == 1                                     # a failing cell is a failure, not a blank
+    slow = [cell("#| slow\n1/0", [])]
+    assert nb(slow).returncode == 0                                                  # make test skips slow cells...
+    import os
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "_run_nb.py"), str(tmp_path / "t.ipynb"), str(ROOT)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PEFT_NOTES_SLOW": "1"})
+    assert r.returncode == 1                                                         # ...make slow runs them
 
 def test_sidebar_lists_every_chapter_once():
     "The reading order is written by hand (custom_sidebar): every notebook is in it, once, and nothing else is."
