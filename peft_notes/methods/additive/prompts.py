@@ -225,7 +225,6 @@ def _from_hf_prompt(d:dict, tensors:dict, what:str)->dict:
 @patch
 def to_hf(self:PromptTuningConfig, ctx, tensors:dict)->tuple[dict, dict]:
     "PEFT's PromptTuningConfig (its init is irrelevant once the weights are there: RANDOM, so PEFT reads no tokenizer)."
-    _, H, _ = kv_geometry(ctx.base)
     d = ctx.inputs.prompt_embeddings.shape[1]
     return {"peft_type": "PROMPT_TUNING", **_hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
             "num_attention_heads": _cfg(ctx.base, "num_attention_heads", "n_head", "num_heads"),
