@@ -22,7 +22,7 @@ demo: .venv/.installed
 	.venv/bin/peft-notes demo --out runs/demo
 
 test: .venv/.installed
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
 # every chapter with its slow cells too (the full-size runs whose outputs the chapters keep); they assert the figures their prose quotes
 slow: .venv/.installed

@@ -53,7 +53,47 @@ def site()->Path:
     out = ROOT / name
     if out.exists(): shutil.rmtree(out)
     shutil.move(str(cache / name), str(out))
+    offline_math(out); offline_fonts(out)
+    for f in ("favicon.svg", "styles.css"): shutil.copy2(cfg.nbs_path / f, out / f)
     return out
+
+def offline_fonts(site:Path)->None:
+    "Drop the theme's Google Fonts import: a site read offline falls back to the system's sans-serif instead of waiting on a font server."
+    for css in (site / "site_libs").rglob("*.css"):
+        text = css.read_text(encoding="utf-8")
+        new = re.sub(r"@import url\(https://fonts\.googleapis\.com[^)]*\);?", "", text)
+        if new != text: css.write_text(new, encoding="utf-8")
+
+KATEX = "0.16.11"                                       # the version smalldocs links to
+KATEX_CDN = f"https://cdn.jsdelivr.net/npm/katex@{KATEX}/dist"
+
+def katex_dist()->Path:
+    "KaTeX's `dist/` folder from the npm package `katex` (`npm pack`, cached in ~/.cache/peft-notes)."
+    import tarfile
+    cache = Path.home() / ".cache" / "peft-notes" / f"katex-{KATEX}"
+    if not (cache / "katex.min.js").exists():
+        npm = shutil.which("npm")
+        if npm is None: raise RuntimeError("the site serves KaTeX itself and takes it from npm's `katex` package: install Node.js and npm")
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run([npm, "pack", f"katex@{KATEX}", "--silent"], cwd=d, check=True, capture_output=True)
+            with tarfile.open(Path(d) / f"katex-{KATEX}.tgz") as t: t.extractall(d, filter="data")
+            tmp = cache.with_name(cache.name + ".part")
+            if tmp.exists(): shutil.rmtree(tmp)
+            shutil.copytree(Path(d) / "package" / "dist", tmp, ignore=shutil.ignore_patterns("*.ttf", "*.woff", "*.mjs", "*.map"))
+            if cache.exists(): shutil.rmtree(cache)
+            tmp.rename(cache)                                  # a cache is whole or absent
+    return cache
+
+def offline_math(site:Path)->int:
+    "Serve KaTeX from the site itself (`site_libs/katex`), not from smalldocs' CDN links; returns the pages changed."
+    shutil.copytree(katex_dist(), site / "site_libs" / "katex", dirs_exist_ok=True)
+    changed = 0
+    for page in site.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        if KATEX_CDN not in html: continue
+        up = "../" * (len(page.relative_to(site).parts) - 1)
+        page.write_text(html.replace(KATEX_CDN, f"{up}site_libs/katex"), encoding="utf-8"); changed += 1
+    return changed
 
 if __name__ == "__main__":
     import os; os.chdir(ROOT)
