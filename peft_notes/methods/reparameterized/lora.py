@@ -108,7 +108,7 @@ class LoraLinearFn(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1])
         y, xa = _lora_forward(x2, xd2, W, b, A, B, s, transposed)
-        ctx.save_for_backward(x2 if ctx.needs_input_grad[2] else None, xd2, xa, W, A, B)
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[2] else None, xd2 if ctx.needs_input_grad[4] else None, xa, W, A, B)   # A frozen (LoRA-FA): x is not kept
         ctx.s, ctx.transposed, ctx.same, ctx.shape = s, transposed, xd is None, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
