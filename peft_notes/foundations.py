@@ -74,6 +74,7 @@ def load_char_llama(folder)->tuple:
 def response_only(tok, prompt:str, response:str, max_length:int=128)->dict:
     "One instruction example: prompt + response + end token, with labels -100 over the prompt so the loss reads the response only."
     r = tok.encode(response) + [tok.eos_token_id]
+    if len(r) >= max_length: raise ValueError(f"the response ({len(r)} tokens with the end token) leaves no room for the prompt in max_length={max_length}")
     p = tok.encode(prompt)[-(max_length - len(r)):]     # a long prompt keeps its end, next to the response
     return {"input_ids": p + r, "labels": [-100] * len(p) + r}
 
@@ -101,6 +102,7 @@ def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta:float=0.1)->
 
 def dpo_step(model, chosen:dict, rejected:dict, beta:float=0.1)->tuple:
     "DPO's loss on a batch of pairs, the reference being the same model with its adapter disabled: (loss, r_w, r_l)."
+    if not hasattr(model, "disable_adapter"): raise TypeError(f"DPO here takes its reference from the adapter switched off: pass a PeftModel, not {type(model).__name__}")
     with torch.no_grad(), model.disable_adapter():
         ref_w, ref_l = sequence_logprob(model, chosen), sequence_logprob(model, rejected)
     return dpo_loss(sequence_logprob(model, chosen), sequence_logprob(model, rejected), ref_w, ref_l, beta)
