@@ -41,11 +41,13 @@ NO_BIAS = {"llama", "mistral", "t5"}   # bias-free linear layers and norms: BitF
 
 REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("prompt_tuning", "vit"): "no token embedding table", ("prefix_tuning", "vit"): "no token embedding table",
-    ("prefix_tuning", "t5"): "encoder-decoder"}   # each refusal names why
+    ("prefix_tuning", "t5"): "encoder-decoder",
+    ("parallel_adapter", "opt"): "no default target_modules for model type 'opt'"}   # each refusal names why (OPT's feed-forward is no module of its own)
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning"}   # they change the inputs: something new to read from the start, no layers
 
 @pytest.mark.parametrize("name", ARCHS)
-@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning"])
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
+                                    "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods

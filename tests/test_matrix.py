@@ -10,7 +10,8 @@ def tiny_qwen2():
     return T.Qwen2ForCausalLM(T.Qwen2Config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                             intermediate_size=37, max_position_embeddings=64)).eval()
 
-METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning"]
+METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
+           "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter"]
 LR = {"ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2}
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning"}   # change the inputs: not the base at init, not mergeable, no mixed batch (rows of different lengths)
 

@@ -34,7 +34,7 @@ class PeftModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.peft_config: dict[str, PeftConfig] = {}
-        self.adapter_shared = nn.ModuleDict()  # adapter name -> frozen tensors its layers share (VeRA's random pair), saved as base_model.<name>
+        self.adapter_shared = nn.ModuleDict()  # adapter name -> tensors its layers share (VeRA's frozen pair, Compacter's trained rules), saved as base_model.<name>
         self.adapter_inputs = nn.ModuleDict()  # adapter name -> its InputsAdapter (soft prompts, prefixes): the inputs chain
         self._inputs_off = False
         self.active_adapters: list[str] = [adapter_name]
@@ -316,7 +316,7 @@ def _base_params_to_train(self:PeftModel, name:str)->list[str]:
 @patch
 def _mark_trainable(self:PeftModel):
     "Freeze everything, then unfreeze the active adapters (those not in inference mode)."
-    self.base_model.requires_grad_(False); self.adapter_inputs.requires_grad_(False)
+    self.base_model.requires_grad_(False); self.adapter_inputs.requires_grad_(False); self.adapter_shared.requires_grad_(False)
     for name in self.active_adapters:
         if name not in self.peft_config or self.peft_config[name].inference_mode: continue
         for p in self.adapter_state_dict(name).values():
@@ -367,7 +367,7 @@ class TrainableReport:
 @patch
 def trainable_report(self:PeftModel)->TrainableReport:
     "Trainable parameters, all parameters and adapter bytes of the active adapters."
-    ps = list(self.base_model.parameters()) + list(self.adapter_inputs.parameters())
+    ps = list(self.base_model.parameters()) + list(self.adapter_inputs.parameters()) + list(self.adapter_shared.parameters())   # Compacter's shared rules train
     nbytes = sum(t.numel() * t.element_size() for n in self.active_adapters for t in self.adapter_state_dict(n).values())
     return TrainableReport(sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps), nbytes)
 

@@ -1,0 +1,74 @@
+"""Adapters (nbs/23_adapters): bad input, AdapterDrop's cut of the backward pass, Compacter's shared rules, a half-precision base."""
+import pytest, torch
+from torch import nn
+from peft_notes.core import PeftModel, get_peft_model
+from peft_notes.models import tiny_bert, tiny_llama, tiny_gpt2
+from peft_notes.methods.additive.adapters import (BottleneckLayer, CompacterConfig, HoulsbyConfig, ParallelAdapterConfig, PfeifferConfig,
+                                                   ResidualAdapterConfig, bottleneck_params)
+
+def _unchanged(base, before):
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items()) and set(before) == set(base.state_dict())
+    assert not any(isinstance(m, BottleneckLayer) for m in base.modules())
+    assert all(p.requires_grad for p in base.parameters())
+
+@pytest.mark.parametrize("make_cfg,msg", [
+    (lambda: HoulsbyConfig(bottleneck=33), "a bottleneck of 33 units is larger than the hidden size 32"),
+    (lambda: PfeifferConfig(reduction_factor=1, bottleneck=40), "larger than the hidden size 32"),
+    (lambda: ParallelAdapterConfig(adapter_drop=2), "adapter_drop=2 drops every adapter: the model has 2 blocks"),
+    (lambda: HoulsbyConfig(adapter_drop=7), "drops every adapter"),
+    (lambda: CompacterConfig(bottleneck=6), "phm_dim=4 must divide the hidden size 32 and the bottleneck 6"),
+    (lambda: CompacterConfig(phm_dim=5, bottleneck=10), "phm_dim=5 must divide"),
+], ids=["bottleneck>d", "bottleneck>d-explicit", "drop-all", "drop-more", "phm-m", "phm-d"])
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama, tiny_gpt2], ids=["bert", "llama", "gpt2"])
+def test_bad_config_names_the_problem_and_keeps_the_model(make_cfg, msg, make):
+    base = make(); before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match=msg): get_peft_model(base, make_cfg())
+    _unchanged(base, before)
+
+@pytest.mark.parametrize("kw,msg", [(dict(non_linearity="sigmoid"), "non_linearity must be one of"), (dict(bottleneck=0), "bottleneck must be a positive"),
+                                    (dict(reduction_factor=0), "reduction_factor must be at least 1"), (dict(adapter_drop=-1), "adapter_drop must be 0 or more")])
+def test_bad_fields(kw, msg):
+    with pytest.raises(ValueError, match=msg): HoulsbyConfig(**kw)
+
+def test_adapter_drop_stops_the_backward_pass():
+    "No adapter below block n: the lower blocks get no gradient work (their input needs none), the upper ones train."
+    base = tiny_bert(num_hidden_layers=4)
+    pm = get_peft_model(base, HoulsbyConfig(bottleneck=4, adapter_drop=2))
+    needs_grad = {}
+    for i, blk in enumerate(base.bert.encoder.layer):
+        blk.register_forward_hook(lambda m, a, out, i=i: needs_grad.__setitem__(i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    pm(input_ids=torch.randint(0, 99, (2, 6))).logits.sum().backward()
+    assert needs_grad == {0: False, 1: False, 2: True, 3: True}, needs_grad   # autograd records nothing in blocks 0 and 1
+    assert pm.trainable_report().trainable == 2 * 2 * bottleneck_params(32, 4)
+
+def test_compacter_rules_are_shared_trained_and_saved(tmp_path):
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), CompacterConfig(bottleneck=8))
+    rules = pm.adapter_shared["default"].phm_rule
+    layers = [l for _, l in pm.adapter_context().layers()]
+    assert all(l.adapter["default"].down._rules[0].phm_rule is rules for l in layers)      # one set for every layer
+    assert rules.requires_grad and "base_model.phm_rule" in pm.adapter_state_dict()
+    x = torch.randint(0, 99, (2, 6))
+    with torch.no_grad():
+        for l in layers: l.adapter["default"].up.phm_s.normal_()                        # off init (s = 0 gives the rules no gradient yet)
+    pm(input_ids=x).logits.sum().backward()
+    assert rules.grad is not None and rules.grad.abs().sum() > 0
+    with torch.no_grad():
+        rules.add_(0.1)
+        y = pm(input_ids=x).logits
+    pm.save_adapter(tmp_path)
+    torch.manual_seed(1)                                                                   # other random rules at load
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    with torch.no_grad(): assert torch.equal(loaded(input_ids=x).logits, y)
+    assert not any(p.requires_grad for p in loaded.parameters())                         # the rules too, in inference mode
+
+@pytest.mark.parametrize("cfg", [HoulsbyConfig(bottleneck=4), ParallelAdapterConfig(bottleneck=4), CompacterConfig(bottleneck=8), ResidualAdapterConfig(bottleneck=4)],
+                         ids=["houlsby", "parallel", "compacter", "residual"])
+def test_half_precision_base(cfg):
+    "Adapters train in fp32 over a bf16 base, and the base's output comes back in bf16."
+    base = tiny_llama().to(torch.bfloat16)
+    pm = get_peft_model(base, cfg)
+    assert all(p.dtype == torch.float32 for p in pm.parameters() if p.requires_grad)
+    x = torch.randint(0, 99, (2, 6))
+    with torch.no_grad(): y = pm(input_ids=x).logits
+    assert y.dtype == torch.bfloat16 and y.isfinite().all()
