@@ -39,3 +39,15 @@ def test_family_memory_quick(tmp_path, root):
     m = json.loads(out.read_text())
     # deterministic: full fine-tuning holds gradients + AdamW state for every weight, the adapters for theirs
     assert m["full"]["grad_mb"] > 80 and m["dora"]["grad_mb"] < 1 and m["adalora"]["optim_mb"] < 2 * m["adalora"]["grad_mb"] + 1e-3
+
+def test_additive_bench_quick(tmp_path, root):
+    "bench/additive_bench.py at a tiny size: every row timed against the base; the merged rows have no trainable adapter left."
+    out = tmp_path / "add.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "additive_bench.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {"houlsby / base", "parallel_adapter / base", "compacter / base", "prefix_tuning (20) / base", "ia3 merged / base", "lora merged / base"} <= set(res["inference"])
+    assert all(v[0] > 0 for v in (*res["inference"].values(), *res["adapter_drop"].values()))
+    assert res["trainable"]["houlsby, adapter_drop=3"] == res["trainable"]["houlsby"] // 2   # adapters in the upper half only
+    assert "AdapterDrop (lower 3 of 6 blocks) / Houlsby, training step" in r.stdout
