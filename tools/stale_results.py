@@ -23,6 +23,7 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "bench_dora_cpu_core_v2.json": CORE + ["peft_notes/methods/reparameterized/dora.py", "bench/dora_bench.py"],
     "which_matrices_sst2.json": CORE + HARNESS + ["bench/which_matrices.py"],
     "intrinsic_dim_sst2.json": HARNESS + ["peft_notes/reparam.py", "bench/intrinsic_dim.py"],
+    "additive_bench_cpu.json": CORE + ["peft_notes/methods", "bench/additive_bench.py"],
 }
 
 def git(*args)->str:
