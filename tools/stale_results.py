@@ -46,7 +46,9 @@ def report()->list[dict]:
         watched = MEASURES.get(path.name)
         if watched is None: out.append({"file": path.name, "commit": commit[:7], "how": how, "stale": None, "changed": ["(no entry in MEASURES)"]}); continue
         changed = git("log", "--format=%h %s", f"{commit}..HEAD", "--", *watched).splitlines() if commit else ["(no commit)"]
-        out.append({"file": path.name, "commit": commit[:7], "how": how, "stale": bool(changed), "changed": [c[:90] for c in changed]})
+        files = sorted(set(git("diff", "--name-only", f"{commit}..HEAD", "--", *watched).splitlines())) if commit else []
+        out.append({"file": path.name, "commit": commit[:7], "how": how, "stale": bool(changed), "changed": [c[:90] for c in changed],
+                    "files": files})   # the watched files that changed since: what a reader weighs to judge the figure
     return out
 
 if __name__ == "__main__":
@@ -55,3 +57,4 @@ if __name__ == "__main__":
     for r in rows:
         state = "unknown" if r["stale"] is None else "STALE" if r["stale"] else "current"
         print(f"{r['file']:<30} {r['commit']:<8} ({r['how']}): {state}" + (f" - {len(r['changed'])} later change(s), latest: {r['changed'][0]}" if r["stale"] else ""))
+        if r["stale"]: print(f"{'':<30} files changed since: {', '.join(r['files'][:6])}" + (f" (+{len(r['files']) - 6} more)" if len(r["files"]) > 6 else ""))
