@@ -42,12 +42,19 @@ NO_BIAS = {"llama", "mistral", "t5"}   # bias-free linear layers and norms: BitF
 REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("prompt_tuning", "vit"): "no token embedding table", ("prefix_tuning", "vit"): "no token embedding table",
     ("prefix_tuning", "t5"): "encoder-decoder",
-    ("parallel_adapter", "opt"): "no default target_modules for model type 'opt'"}   # each refusal names why (OPT's feed-forward is no module of its own)
-INPUTS_KIND = {"prompt_tuning", "prefix_tuning"}   # they change the inputs: something new to read from the start, no layers
+    ("parallel_adapter", "opt"): "no default target_modules for model type 'opt'",   # each refusal names why (OPT's feed-forward is no module of its own)
+    ("p_tuning", "vit"): "no token embedding table", ("xprompt", "vit"): "no token embedding table",
+    ("p_tuning_v2", "vit"): "no token embedding table", ("apt", "vit"): "no token embedding table",
+    ("p_tuning_v2", "t5"): "encoder-decoder", ("apt", "t5"): "encoder-decoder",
+    ("pasta", "bert"): "names no special token ids", ("pasta", "vit"): "names no special token ids", ("pasta", "qwen2"): "names no special token ids",   # these tiny configs name none: pass them
+    ("pasta", "t5"): "no default target_modules for model type 't5'"} | {
+    ("llama_adapter", n): "LLaMA-style attention" for n in ("bert", "roberta", "gpt2", "opt", "vit", "t5")}
+INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt"}   # they change the inputs: something new to read from the start, no layers
 
 @pytest.mark.parametrize("name", ARCHS)
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
-                                    "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter"])
+                                    "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
+                                    "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods

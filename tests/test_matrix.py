@@ -2,7 +2,8 @@
 import pytest
 from peft_notes.core import list_methods
 from peft_notes.models import tiny_bert, tiny_gpt2, tiny_llama
-from peft_notes.testing import check_method
+from peft_notes.core import get_peft_model
+from peft_notes.testing import check_method, default_inputs
 import transformers as T
 
 def tiny_qwen2():
@@ -11,9 +12,23 @@ def tiny_qwen2():
                                             intermediate_size=37, max_position_embeddings=64)).eval()
 
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
-           "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter"]
-LR = {"ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2}
-INPUTS_KIND = {"prompt_tuning", "prefix_tuning"}   # change the inputs: not the base at init, not mergeable, no mixed batch (rows of different lengths)
+           "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
+           "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta"]
+LR = {"ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
+      "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
+INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt"}   # change the inputs: not the base at init, not mergeable, no mixed batch (rows of different lengths)
+
+def _with_specials(model):
+    "PASTA adapts the special tokens: put one at each end of every row (ids 1 and 2, the ones its config names below)."
+    x = default_inputs(model); x["input_ids"][:, 0] = 1; x["input_ids"][:, -1] = 2; return x
+
+# the pooled position of a random tiny BERT is the prompt's first row, nearly the same for every example: P-tuning's
+# encoder moves the loss there only at a small step, with the head trained (as P-tuning on NLU does). The encoder
+# case that means something, the pretrained MiniLM on real sentences, is in tests/test_soft_prompts.py.
+LR_ARCH = {("p_tuning", "bert"): 1e-3}
+CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_save=["classifier"]),
+          **{("pasta", a): lambda: list_methods()["pasta"](special_token_ids=[1, 2]) for a in ("bert", "llama", "gpt2")}}
+REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention"}
 
 def test_every_registered_method_is_in_the_matrix():
     "Every method the package registers (tests may register methods of their own in the same process: not counted)."
@@ -23,8 +38,19 @@ def test_every_registered_method_is_in_the_matrix():
 @pytest.mark.parametrize("method", METHODS)
 def test_check_method(method, arch):
     make = {"bert": tiny_bert, "llama": tiny_qwen2 if method == "bitfit" else tiny_llama, "gpt2": tiny_gpt2}[arch]
-    r = check_method(list_methods()[method], make, lr=LR.get(method, 1e-2), identity_at_init=method not in INPUTS_KIND)
+    cfg = CONFIG.get((method, arch), list_methods()[method])
+    if (method, arch) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[method, arch]): get_peft_model(make(), cfg())
+        return
+    r = check_method(cfg, make, _with_specials if method == "pasta" else default_inputs, lr=LR_ARCH.get((method, arch), LR.get(method, 1e-2)), identity_at_init=method not in INPUTS_KIND)
     assert r["loss_after"] < r["loss_before"]
     if method in INPUTS_KIND:
         assert r["merge"].startswith("refused") and r["mixed_batch_max_diff"].startswith("refused") and r["init_max_diff"] > 0
     else: assert isinstance(r["mixed_batch_max_diff"], float) and r["mixed_batch_max_diff"] <= 1e-5
+
+def test_llama_adapter_on_mistral():
+    "LLaMA-Adapter's second architecture: grouped-query Mistral (the matrix above runs it on LLaMA)."
+    make = lambda: T.MistralForCausalLM(T.MistralConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                        intermediate_size=37, max_position_embeddings=64)).eval()
+    r = check_method(list_methods()["llama_adapter"], make)
+    assert r["init_max_diff"] == 0.0 and r["mixed_batch_max_diff"] <= 1e-5 and r["loss_after"] < r["loss_before"]

@@ -61,6 +61,10 @@ class PeftConfig:
 # %% ../../nbs/00a_core_config.ipynb #1bdb12c6
 def _type_name(tp)->str:
     "A readable name for a type annotation."
+    import typing
+    if typing.get_origin(tp) is Literal: return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if typing.get_origin(tp) is Union and any(typing.get_origin(a) is Literal for a in typing.get_args(tp)):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 # %% ../../nbs/00a_core_config.ipynb #02cb04c4

@@ -50,12 +50,23 @@ def _token_inputs(model:nn.Module, what:str)->nn.Embedding:
                          "(for images, visual prompt tuning is the counterpart)")
     return emb
 
+def _check_positions(model:nn.Module, l:int, T:int=0, what:str="the prompt"):
+    "A clear error when `l` virtual plus `T` text positions exceed the positions the model's config declares."
+    n = _cfg(model, "max_position_embeddings", "n_positions")
+    if n is not None and l + T > n:
+        raise ValueError(f"{what} of {l} virtual tokens{f' plus {T} text tokens' if T else ''} needs {l + T} positions; "
+                         f"the model has {n} (max_position_embeddings)")
+
 # %% ../../../nbs/21_prompts.ipynb #d3f7d139
 class SoftPrompt(InputsAdapter):
     "Prompt tuning's adapter: `l` learned input embeddings put in front of the text."
     def __init__(self, init:torch.Tensor): # (l, d): the initial prompt
         super().__init__()
         self.prompt_embeddings = nn.Parameter(init.clone())
+
+    def rows(self)->torch.Tensor:
+        "The (l, d) vectors put before the text (the parameter itself here; variants compute them from it)."
+        return self.prompt_embeddings
 
     def prepare(self, model, inputs):
         inputs = dict(inputs)
@@ -66,8 +77,10 @@ class SoftPrompt(InputsAdapter):
         if emb is None:
             if ids is None: raise ValueError("prompt tuning needs input_ids or inputs_embeds")
             emb = model.get_input_embeddings()(ids)
-        B, l = emb.shape[0], self.prompt_embeddings.shape[0]
-        inputs["inputs_embeds"] = torch.cat([self.prompt_embeddings.to(emb.dtype).expand(B, -1, -1), emb], 1)
+        P = self.rows()
+        B, l = emb.shape[0], P.shape[0]
+        if not getattr(model.config, "is_encoder_decoder", False): _check_positions(model, l, emb.shape[1])
+        inputs["inputs_embeds"] = torch.cat([P.to(emb.dtype).expand(B, -1, -1), emb], 1)
         if (m := inputs.get("attention_mask")) is not None: inputs["attention_mask"] = torch.cat([m.new_ones(B, l), m], 1)
         if (t := inputs.get("token_type_ids")) is not None: inputs["token_type_ids"] = torch.cat([t.new_zeros(B, l), t], 1)
         y = inputs.get("labels")
@@ -76,7 +89,7 @@ class SoftPrompt(InputsAdapter):
         return inputs
 
     def generation_prefix(self, model, batch_size):
-        P = self.prompt_embeddings.to(model.get_input_embeddings().weight.dtype)
+        P = self.rows().to(model.get_input_embeddings().weight.dtype)
         out = model(inputs_embeds=P.expand(batch_size, -1, -1), use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return P.shape[0], cache
@@ -111,6 +124,7 @@ class PromptTuningConfig(PeftConfig):
 
     def inject(self, ctx):
         emb = _token_inputs(ctx.base, "prompt tuning")
+        if not getattr(ctx.base.config, "is_encoder_decoder", False): _check_positions(ctx.base, self.num_virtual_tokens)
         ctx.set_inputs(SoftPrompt(_init_rows(self, emb, self.num_virtual_tokens)))
 
 # %% ../../../nbs/21_prompts.ipynb #577f4e58
@@ -151,6 +165,7 @@ class Prefix(InputsAdapter):
         x = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
         if x is None: raise ValueError("prefix tuning needs input_ids or inputs_embeds")
         B, l = x.shape[0], self.table().shape[0]
+        _check_positions(model, l, x.shape[1], "the prefix")
         inputs[arg] = self.cache(model, B)
         if (m := inputs.get("attention_mask")) is not None: inputs["attention_mask"] = torch.cat([m.new_ones(B, l), m], 1)
         return inputs
@@ -191,6 +206,7 @@ class PrefixTuningConfig(PeftConfig):
         L, H, dh = kv_geometry(base)
         l, width = self.num_virtual_tokens, 2 * L * H * dh
         emb = _token_inputs(base, "prefix tuning")
+        _check_positions(base, l, 0, "the prefix")
         if self.prefix_projection:
             prefix = Prefix(mlp=(l, emb.embedding_dim, self.encoder_hidden_size or emb.embedding_dim, width))
         elif self.prefix_init == "vocab": prefix = Prefix(_real_word_prefix(base, l))
