@@ -8,9 +8,11 @@ MiniLM, a 2-way head trained in full, the method's recipe), then trained for a f
 before the first step (sampled every 5 ms), and, deterministic, what training holds besides the weights
 (activations saved for backward, gradients, optimizer state) — both in a fresh process per method, because a
 process's resident memory does not come back down after a method is done (which is why the `peak_rss_mb`
-of a sequential `compare` run only grows from row to row).
+of a sequential `compare` run only grows from row to row). Also reported: the median time of a training step after
+the first (`step_s`), measured in the same quiet process — the step-time column when a long `compare` ran beside
+other work.
 """
-import argparse, json, subprocess, sys
+import argparse, json, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
@@ -20,22 +22,26 @@ METHODS = ("full", "head", "lora", "dora", "vera", "loha", "lokr", "adalora", "d
 
 def child(method, batch, seq, steps):
     from peft_notes.core import PeftModel
-    from peft_notes.train import PeakMemory, _rss_mb, build_model
+    from peft_notes.train import PeakMemory, _rss_mb, build_model, provenance
     model, _ = build_model(method, 2)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = _batch(batch, seq, torch.device("cpu"))
     pm = model if isinstance(model, PeftModel) else None
     model.train()
     before = _rss_mb()
+    times = []
     with PeakMemory(every=0.005) as mem:
         for i in range(steps):
+            t0 = time.perf_counter()
             if pm: pm.before_step(i, steps)
             loss = model(**x).loss
             extra = pm.extra_loss() if pm else None
             (loss if extra is None else loss + extra).backward(); opt.step()
             if pm: pm.after_step(i, steps)
             opt.zero_grad(set_to_none=True)
-    print(json.dumps({"method": method, "rss_increase_mb": mem.peak - before, **tensor_bytes(model, opt, x)}))
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"method": method, "rss_increase_mb": mem.peak - before, "step_s": statistics.median(times[1:] or times),
+                      **tensor_bytes(model, opt, x), "provenance": provenance(sys.argv)}))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -49,7 +55,8 @@ def main(argv=None):
                            capture_output=True, text=True)
         if p.returncode: raise RuntimeError(f"memory run of {m} failed:\n{p.stderr[-3000:]}")
         out[m] = json.loads(p.stdout.strip().splitlines()[-1])
-        r = out[m]; print(f"{m:<8} RSS +{r['rss_increase_mb']:6.0f} MB   saved {r['saved_mb']:5.0f} + grads {r['grad_mb']:5.1f} + AdamW {r['optim_mb']:5.1f} MB", flush=True)
+        out[m]["provenance"]["command"] = [Path(__file__).name, *(sys.argv[1:] if argv is None else argv)]   # this run's, not the child's
+        r = out[m]; print(f"{m:<16} step {r['step_s']:.3f} s   RSS +{r['rss_increase_mb']:6.0f} MB   saved {r['saved_mb']:5.0f} + grads {r['grad_mb']:5.1f} + AdamW {r['optim_mb']:5.1f} MB", flush=True)
     if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(out, indent=1))
     return out
 

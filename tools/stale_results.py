@@ -32,7 +32,7 @@ def git(*args)->str:
 def recorded_commit(path:Path)->tuple:
     "(commit, how we know it) for a stored result."
     d = json.loads(path.read_text())
-    rows = d if isinstance(d, list) else [d]
+    rows = d if isinstance(d, list) else [d, *(v for v in d.values() if isinstance(v, dict))]   # a list of rows, one result, or {name: row}
     commits = {(r.get("provenance") or {}).get("commit") for r in rows if isinstance(r, dict)} - {None}
     if commits:   # several rows from several runs: the oldest one decides
         ordered = sorted(commits, key=lambda c: int(git("rev-list", "--count", c) or 0))
