@@ -23,7 +23,9 @@ METHODS = ("full", "head", "lora", "dora", "vera", "loha", "lokr", "adalora", "d
 def child(method, batch, seq, steps):
     from peft_notes.core import PeftModel
     from peft_notes.train import PeakMemory, _rss_mb, build_model, provenance
-    model, _ = build_model(method, 2)
+    name, _, spec = method.partition(":")                     # e.g. parallel_adapter:bottleneck=192 (a config override, as compare's --set)
+    config = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in spec.split(";") if kv)}
+    model, _ = build_model(name, 2, config=config or None)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = _batch(batch, seq, torch.device("cpu"))
     pm = model if isinstance(model, PeftModel) else None
@@ -45,7 +47,7 @@ def child(method, batch, seq, steps):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", default=",".join(METHODS)); ap.add_argument("--batch", type=int, default=32); ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; NAME:FIELD=VALUE;... overrides config fields"); ap.add_argument("--batch", type=int, default=32); ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6); ap.add_argument("--out", default=None); ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child: return child(a.child, a.batch, a.seq, a.steps)
