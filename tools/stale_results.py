@@ -24,6 +24,8 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "which_matrices_sst2.json": CORE + HARNESS + ["bench/which_matrices.py"],
     "intrinsic_dim_sst2.json": HARNESS + ["peft_notes/reparam.py", "bench/intrinsic_dim.py"],
     "additive_bench_cpu.json": CORE + ["peft_notes/methods", "bench/additive_bench.py"],
+    "sst2_additive.json": CORE + HARNESS + ["peft_notes/methods/additive"],
+    "family_memory_additive_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
 }
 
 def git(*args)->str:

@@ -6,7 +6,7 @@
 __all__ = ['ssf_params', 'mov_params', 'pasta_params', 'SSFLayer', 'SSFConfig', 'MoVLayer', 'MoVConfig', 'PastaLayer',
            'SpecialTokenFinder', 'PastaConfig']
 
-# %% ../../../nbs/25_scale_shift.ipynb #03f8e9ff
+# %% ../../../nbs/25_scale_shift.ipynb #67931448
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Union
 import torch
@@ -17,7 +17,7 @@ from ...core import AdapterLayer, LinearAdapterLayer, PeftConfig, register_metho
 from ...core.layer import base_of, layer_input, routing_groups, with_input
 from .ia3 import IA3Config, IA3Layer
 
-# %% ../../../nbs/25_scale_shift.ipynb #482906fd
+# %% ../../../nbs/25_scale_shift.ipynb #a0cab576
 def ssf_params(widths:list)->int:
     "SSF's parameters: a scale and a shift for every channel of every adapted operation (`widths`: their output widths)."
     return sum(2 * w for w in widths)
@@ -30,7 +30,7 @@ def pasta_params(n_layers:int, n_special:int, d:int)->int:
     "PASTA's parameters: one d-vector per special token per layer."
     return n_layers * n_special * d
 
-# %% ../../../nbs/25_scale_shift.ipynb #6d412f11
+# %% ../../../nbs/25_scale_shift.ipynb #a02e07ee
 class SSFLayer(AdapterLayer):
     "A Linear, Conv1D or LayerNorm whose output channels are scaled by γ and shifted by β: y ← γ ⊙ y + β."
     adapter_layer_names = ("ssf_scale", "ssf_shift")
@@ -58,7 +58,7 @@ class SSFLayer(AdapterLayer):
         g, b = self.ssf_scale[name], self.ssf_shift[name]
         return (result.to(g.dtype) * g + b).to(result.dtype)
 
-# %% ../../../nbs/25_scale_shift.ipynb #9dd9fb85
+# %% ../../../nbs/25_scale_shift.ipynb #a99a415e
 @patch
 def merge(self:SSFLayer, adapter_names:list=None, safe_merge:bool=False):
     "Fold γ and β into the wrapped operation: W ← diag(γ) W, b ← γ ⊙ b + β (a zero bias is made where the layer had none)."
@@ -90,7 +90,7 @@ def unmerge(self:SSFLayer):
             if self.made_bias.pop(name): m.bias = None
             else: m.bias.copy_(((m.bias.to(g.dtype) - b) / g).to(m.bias.dtype))
 
-# %% ../../../nbs/25_scale_shift.ipynb #4024a141
+# %% ../../../nbs/25_scale_shift.ipynb #73a6ec1b
 class _AllOps(dict):
     "Every model type's default: every Linear/Conv1D/LayerNorm of the model but its head."
     def get(self, key, default=None): return "all-linear"
@@ -103,7 +103,7 @@ class SSFConfig(PeftConfig):
     layer_cls: ClassVar[type] = SSFLayer
     default_target_modules: ClassVar[dict] = _AllOps()
 
-# %% ../../../nbs/25_scale_shift.ipynb #0cb6e770
+# %% ../../../nbs/25_scale_shift.ipynb #a6c303ff
 class MoVLayer(IA3Layer):
     "(IA)³ with `E` expert vectors and a router: each token's scale is Σₑ softmax(W_r x)ₑ lₑ."
     adapter_layer_names = ("mov_experts", "mov_router")
@@ -139,7 +139,7 @@ class MoVLayer(IA3Layer):
     def merge(self, adapter_names=None, safe_merge=False): raise TypeError("MoV's scale depends on each token (its router): it cannot be merged")
     def unmerge(self): pass
 
-# %% ../../../nbs/25_scale_shift.ipynb #2e233143
+# %% ../../../nbs/25_scale_shift.ipynb #c771513f
 @register_method("mov")
 @dataclass
 class MoVConfig(IA3Config):
@@ -152,7 +152,7 @@ class MoVConfig(IA3Config):
         super().validate()
         if self.num_experts < 1: raise ValueError(f"MoVConfig.num_experts must be at least 1, got {self.num_experts}")
 
-# %% ../../../nbs/25_scale_shift.ipynb #3e8093a9
+# %% ../../../nbs/25_scale_shift.ipynb #2f1f75de
 class PastaLayer(AdapterLayer):
     "A transformer block whose input gets a learned offset at the positions of special tokens: h_i ← h_i + v_{s(i)}."
     adapter_layer_names = ("pasta_offsets",)
@@ -186,7 +186,7 @@ class PastaLayer(AdapterLayer):
         a, k = with_input(args, kwargs, x_in)
         return self.base_layer(*a, **k)
 
-# %% ../../../nbs/25_scale_shift.ipynb #cf4e1765
+# %% ../../../nbs/25_scale_shift.ipynb #0fc53e6e
 class SpecialTokenFinder(AdapterLayer):
     "Wraps the input embedding: records where the special tokens are, for the PastaLayers of the same adapter; its output is unchanged."
     adapter_layer_names = ("special_ids",)
@@ -213,7 +213,7 @@ class SpecialTokenFinder(AdapterLayer):
     def merge(self, adapter_names=None, safe_merge=False): pass
     def unmerge(self): pass
 
-# %% ../../../nbs/25_scale_shift.ipynb #9c92bb0a
+# %% ../../../nbs/25_scale_shift.ipynb #d73157c8
 _BLOCKS = r".*(encoder\.layer|layers|\.h|block)\.\d+"
 
 @register_method("pasta")
