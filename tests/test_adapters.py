@@ -1,10 +1,10 @@
-"""Adapters (nbs/23_adapters): bad input, AdapterDrop's cut of the backward pass, Compacter's shared rules, a half-precision base."""
+"""Adapters (nbs/23_adapters): bad input, AdapterDrop's cut of the backward pass, Compacter's shared rules (a half-precision base: every method, in tests/test_matrix.py)."""
 import pytest, torch
 from torch import nn
 from peft_notes.core import PeftModel, get_peft_model
 from peft_notes.models import tiny_bert, tiny_llama, tiny_gpt2
 from peft_notes.methods.additive.adapters import (BottleneckLayer, CompacterConfig, HoulsbyConfig, ParallelAdapterConfig, PfeifferConfig,
-                                                   ResidualAdapterConfig, bottleneck_params)
+                                                   bottleneck_params)
 
 def _unchanged(base, before):
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items()) and set(before) == set(base.state_dict())
@@ -62,13 +62,3 @@ def test_compacter_rules_are_shared_trained_and_saved(tmp_path):
     with torch.no_grad(): assert torch.equal(loaded(input_ids=x).logits, y)
     assert not any(p.requires_grad for p in loaded.parameters())                         # the rules too, in inference mode
 
-@pytest.mark.parametrize("cfg", [HoulsbyConfig(bottleneck=4), ParallelAdapterConfig(bottleneck=4), CompacterConfig(bottleneck=8), ResidualAdapterConfig(bottleneck=4)],
-                         ids=["houlsby", "parallel", "compacter", "residual"])
-def test_half_precision_base(cfg):
-    "Adapters train in fp32 over a bf16 base, and the base's output comes back in bf16."
-    base = tiny_llama().to(torch.bfloat16)
-    pm = get_peft_model(base, cfg)
-    assert all(p.dtype == torch.float32 for p in pm.parameters() if p.requires_grad)
-    x = torch.randint(0, 99, (2, 6))
-    with torch.no_grad(): y = pm(input_ids=x).logits
-    assert y.dtype == torch.bfloat16 and y.isfinite().all()

@@ -54,3 +54,19 @@ def test_llama_adapter_on_mistral():
                                                         intermediate_size=37, max_position_embeddings=64)).eval()
     r = check_method(list_methods()["llama_adapter"], make)
     assert r["init_max_diff"] == 0.0 and r["mixed_batch_max_diff"] <= 1e-5 and r["loss_after"] < r["loss_before"]
+
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_base(method):
+    "Every method trains in fp32 over a bf16 base (as PEFT's autocast_adapter_dtype): its trainable tensors and their gradients are fp32, the base stays bf16, and the output comes back in bf16."
+    import torch
+    base = (tiny_qwen2 if method == "bitfit" else tiny_llama)().to(torch.bfloat16)
+    cfg = CONFIG.get((method, "llama"), list_methods()[method])()
+    pm = get_peft_model(base, cfg)
+    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}, {n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32}
+    assert {p.dtype for p in pm.parameters() if not p.requires_grad} == {torch.bfloat16}
+    x = _with_specials(pm) if method == "pasta" else default_inputs(pm)
+    y = pm(**x).logits
+    assert y.dtype == torch.bfloat16 and y.isfinite().all()
+    y.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in trainable.values())

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from ...core import AdapterLayer, PeftConfig, find_targets, layer_index, register_method, role_targets
-from ...core.layer import base_of, routing_groups
+from ...core.layer import base_of, routing_groups, train_dtype
 
 # %% ../../../nbs/23_adapters.ipynb #88ba734a
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh}
@@ -59,8 +59,7 @@ class BottleneckLayer(AdapterLayer):
 
     def update_layer(self, name:str, cfg, d:int, placement:str="serial", projection=linear_projection):
         w = next(base_of(self.base_layer).parameters())
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype   # adapters train in fp32 over a half base
-        self.adapter[name] = Bottleneck(d, cfg.bottleneck_size(d), cfg.non_linearity, cfg.scaling, cfg.layer_norm, projection).to(w.device, dtype)
+        self.adapter[name] = Bottleneck(d, cfg.bottleneck_size(d), cfg.non_linearity, cfg.scaling, cfg.layer_norm, projection).to(w.device, train_dtype(w.dtype))
         self.placement[name] = placement
 
     def run(self, name:str, h): a = self.adapter[name]; return a(h.to(a.down.bias.dtype)).to(h.dtype)

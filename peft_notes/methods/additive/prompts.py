@@ -15,6 +15,7 @@ from torch import nn
 from fastcore.basics import patch
 from transformers import DynamicCache
 from ...core import InputsAdapter, PeftConfig, cache_arg, register_method
+from ...core.layer import train_dtype
 
 # %% ../../../nbs/21_prompts.ipynb #6b7c6087
 def prompt_tuning_params(l:int, d:int)->int:
@@ -97,14 +98,14 @@ class SoftPrompt(InputsAdapter):
 # %% ../../../nbs/21_prompts.ipynb #4059fb53
 def _init_rows(cfg, emb:nn.Embedding, l:int)->torch.Tensor:
     "The initial (l, d) prompt: embeddings of sampled tokens or of a text, or standard normal entries."
-    W = emb.weight.detach()
-    if cfg.prompt_init == "random": return torch.randn(l, W.shape[1], device=W.device, dtype=W.dtype)
-    if cfg.prompt_init == "vocab": return W[torch.randint(0, W.shape[0], (l,), device=W.device)].clone()
+    W, dt = emb.weight.detach(), train_dtype(emb.weight.dtype)   # the rows train in fp32 over a half-precision embedding
+    if cfg.prompt_init == "random": return torch.randn(l, W.shape[1], device=W.device, dtype=dt)
+    if cfg.prompt_init == "vocab": return W[torch.randint(0, W.shape[0], (l,), device=W.device)].to(dt, copy=True)
     from transformers import AutoTokenizer
     ids = AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path)(cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
     if not ids: raise ValueError(f"prompt_init_text {cfg.prompt_init_text!r} has no tokens")
     ids = (ids * math.ceil(l / len(ids)))[:l]
-    return W[torch.tensor(ids, device=W.device)].clone()
+    return W[torch.tensor(ids, device=W.device)].to(dt, copy=True)
 
 @register_method("prompt_tuning")
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 from fastcore.basics import patch
 from transformers.pytorch_utils import Conv1D
 from ...core import AdapterLayer, LinearAdapterLayer, PeftConfig, register_method
-from ...core.layer import base_of, layer_input, routing_groups, with_input
+from ...core.layer import base_of, layer_input, routing_groups, train_dtype, with_input
 from .ia3 import IA3Config, IA3Layer
 
 # %% ../../../nbs/25_scale_shift.ipynb #a0cab576
@@ -48,7 +48,7 @@ class SSFLayer(AdapterLayer):
 
     def update_layer(self, name:str, cfg):
         w = base_of(self.base_layer).weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+        dtype = train_dtype(w.dtype)
         self.ssf_scale[name] = nn.Parameter(torch.ones(self.width(), device=w.device, dtype=dtype))    # γ = 1
         self.ssf_shift[name] = nn.Parameter(torch.zeros(self.width(), device=w.device, dtype=dtype))   # β = 0: the base, bit for bit
         if not cfg.init_ssf_weights:
@@ -166,7 +166,7 @@ class PastaLayer(AdapterLayer):
 
     def update_layer(self, name:str, cfg, d:int, where:dict):
         w = next(base_of(self.base_layer).parameters())
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+        dtype = train_dtype(w.dtype)
         self.pasta_offsets[name] = nn.Parameter(torch.zeros(len(cfg.special_token_ids), d, device=w.device, dtype=dtype))
         self.where[name] = where                     # shared with the embedding's finder: {"index": (B, T) special-token index or -1}
 

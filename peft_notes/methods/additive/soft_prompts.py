@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 from ...core import AdapterLayer, InputsAdapter, PeftConfig, register_method
-from ...core.layer import base_of, layer_input, routing_groups
+from ...core.layer import base_of, layer_input, routing_groups, train_dtype
 from .prompts import (Prefix, PrefixTuningConfig, PromptTuningConfig, SoftPrompt, _cfg, _from_hf_prompt,
                                                  _check_positions, _hf_prompt_fields, _token_inputs, kv_geometry)
 
@@ -239,7 +239,7 @@ class AdaptionPromptLayer(AdapterLayer):
 
     def update_layer(self, name:str, cfg):
         w = base_of(self.base_layer).q_proj.weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+        dtype = train_dtype(w.dtype)
         self.adaption_prompt[name] = nn.Parameter(torch.randn(1, cfg.adapter_len, w.shape[1], device=w.device, dtype=dtype))   # N(0, 1), as PEFT
         self.adaption_gate[name] = nn.Parameter(torch.zeros(1, device=w.device, dtype=dtype))                                # g = 0: the base
 
