@@ -6,23 +6,11 @@ import transformers as T
 peft = pytest.importorskip("peft")  # dev extra; `make test` installs it, so this never skips there
 from peft_notes.core import PeftModel, get_peft_model
 from peft_notes.interop import from_hf_peft, to_hf_peft
-from peft_notes.models import load_minilm, minilm_path, tiny_bert, tiny_gpt2, tiny_llama
+from peft_notes.models import load_minilm, minilm_path, tiny_gpt2, tiny_llama
 from peft_notes.methods.additive.prompts import PrefixTuningConfig, PromptTuningConfig, prefix_tuning_params
 from peft_notes.reparam import LoraConfig
 from peft_notes.testing import check_method
-
-G = torch.Generator().manual_seed(0)
-X = {"input_ids": torch.randint(3, 99, (3, 9), generator=G), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
-X["attention_mask"][0, 6:] = 0   # one right-padded row: the mask must be extended, not replaced
-
-def _train(model, steps=4, lr=5e-2):
-    "A few real optimizer steps on the causal LM loss, so the prompt moves off its init."
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(**X, labels=X["input_ids"]).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval()
+from _prompt_helpers import X, check_generate_left_padded, train
 
 OURS = {"prompt": lambda: PromptTuningConfig(num_virtual_tokens=5), "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=5)}
 THEIRS = {"prompt": lambda: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
@@ -38,7 +26,7 @@ def _their_table(pm):
 @pytest.mark.parametrize("kind", OURS)
 def test_ours_loads_in_peft(kind, arch, tmp_path):
     make = MODELS[arch]
-    ours = _train(get_peft_model(make(), OURS[kind]()))
+    ours = train(get_peft_model(make(), OURS[kind]()))
     to_hf_peft(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(make(), tmp_path).eval()
     mine = ours.adapter_state_dict()["prompt_embeddings"]
@@ -49,42 +37,19 @@ def test_ours_loads_in_peft(kind, arch, tmp_path):
 @pytest.mark.parametrize("kind", THEIRS)
 def test_peft_loads_here(kind, arch, tmp_path):
     make = MODELS[arch]
-    theirs = _train(peft.get_peft_model(make(), THEIRS[kind]()))
+    theirs = train(peft.get_peft_model(make(), THEIRS[kind]()))
     theirs.save_pretrained(tmp_path)
     ours = from_hf_peft(make(), tmp_path)
     assert torch.equal(ours.adapter_state_dict()["prompt_embeddings"], _their_table(theirs))
     with torch.no_grad(): torch.testing.assert_close(ours(**X).logits, theirs(**X).logits, atol=1e-5, rtol=0)
 
-def _alone(pm, ids, steps):
-    "Greedy decoding of one unpadded prompt by full forward passes, no cache: what generate must mean."
-    seq, logits = ids[None], []
-    for _ in range(steps):
-        z = pm(seq).logits[0, -1]; logits.append(z); seq = torch.cat([seq, z.argmax()[None, None]], 1)
-    return seq[0, len(ids):], torch.stack(logits)
-
 @pytest.mark.parametrize("arch", MODELS)
 @pytest.mark.parametrize("kind", OURS)
 def test_generate_left_padded_equals_each_prompt_alone(kind, arch):
-    pm = _train(get_peft_model(MODELS[arch](), OURS[kind]()))
-    prompts = [torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
-    T_ = max(map(len, prompts))
-    ids = torch.stack([torch.cat([torch.zeros(T_ - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (torch.arange(T_)[None] >= torch.tensor([T_ - len(p) for p in prompts])[:, None]).long()
-    with torch.no_grad():
-        out = pm.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                          output_logits=True, return_dict_in_generate=True)
-        assert out.sequences.shape == (3, T_ + 6) and torch.equal(out.sequences[:, :T_], ids)   # the placeholders are gone
-        for i, p in enumerate(prompts):
-            toks, z = _alone(pm, p, 6)
-            assert torch.equal(out.sequences[i, T_:], toks)
-            steps = torch.stack([s[i] for s in out.logits])
-            assert (steps - z).abs().max().item() <= 1e-5
-        with pm.disable_adapter():   # and the adapter is in the computation: the base generates something else
-            plain = pm.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-        assert not torch.equal(plain, out.sequences)
+    check_generate_left_padded(train(get_peft_model(MODELS[arch](), OURS[kind]())))
 
 def test_generate_keeps_max_length_and_beams_for_the_text():
-    pm = _train(get_peft_model(tiny_llama(), PrefixTuningConfig(num_virtual_tokens=5)))
+    pm = train(get_peft_model(tiny_llama(), PrefixTuningConfig(num_virtual_tokens=5)))
     ids = X["input_ids"][:2]
     with torch.no_grad():
         assert pm.generate(ids, max_length=12, do_sample=False, pad_token_id=0).shape == (2, 12)   # max_length counts the user's ids only
@@ -149,7 +114,7 @@ def test_prefix_mlp_trains_the_mlp_and_saves_only_the_table(tmp_path):
     torch.manual_seed(0); pm = get_peft_model(tiny_llama(), PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=16))
     trains = {n for n, p in pm.named_parameters() if p.requires_grad}
     assert trains == {"adapter_inputs.default.embedding", *(f"adapter_inputs.default.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias"))}
-    _train(pm)
+    train(pm)
     pm.save_adapter(tmp_path)
     cfg = PeftModel.from_pretrained(tiny_llama(), tmp_path).peft_config["default"]
     assert cfg.prefix_projection is False

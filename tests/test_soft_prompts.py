@@ -11,42 +11,28 @@ from peft_notes.models import load_minilm, tiny_bert, tiny_gpt2, tiny_llama
 from peft_notes.methods.additive.prompts import PrefixTuningConfig, PromptTuningConfig, prefix_tuning_params
 from peft_notes.methods.additive.soft_prompts import (APTConfig, LlamaAdapterConfig, PTuningConfig, PTuningV2Config, XPromptConfig,
                                                       llama_adapter_params, p_tuning_params, xprompt_importance, xprompt_prune)
+from _prompt_helpers import X, check_generate_left_padded, gap, train
 
 def tiny_mistral(seed=0):
     torch.manual_seed(seed)
     return T.MistralForCausalLM(T.MistralConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                                 intermediate_size=37, max_position_embeddings=64, pad_token_id=0)).eval()
 
-G = torch.Generator().manual_seed(0)
-X = {"input_ids": torch.randint(3, 99, (3, 9), generator=G), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
-X["attention_mask"][0, 6:] = 0
-
-def _train(model, steps=4, lr=5e-2):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(**X, labels=X["input_ids"]).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval()
-
-def _gap(a, b):
-    with torch.no_grad(): return (a(**X).logits - b(**X).logits).abs().max().item()
-
 # --- the oracle, both ways ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("enc", ["MLP", "LSTM"])
 def test_p_tuning_both_ways(enc, make, tmp_path):
-    ours = _train(get_peft_model(make(), PTuningConfig(num_virtual_tokens=5, encoder_reparameterization_type=enc, encoder_hidden_size=16)))
+    ours = train(get_peft_model(make(), PTuningConfig(num_virtual_tokens=5, encoder_reparameterization_type=enc, encoder_hidden_size=16)))
     to_hf_peft(ours, tmp_path / "ours")
     theirs = peft.PeftModel.from_pretrained(make(), tmp_path / "ours").eval()
     assert torch.equal(theirs.prompt_encoder["default"].embedding.weight, ours.adapter_state_dict()["prompt_embeddings"].detach())   # the rows arrived
-    assert _gap(theirs, ours) <= 1e-5
-    theirs = _train(peft.get_peft_model(make(), peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=16,
+    assert gap(theirs, ours) <= 1e-5
+    theirs = train(peft.get_peft_model(make(), peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=16,
                                                                          encoder_reparameterization_type=enc)))
     theirs.save_pretrained(tmp_path / "theirs")
     back = from_hf_peft(make(), tmp_path / "theirs")
-    assert back.peft_config["default"].method == "p_tuning" and _gap(back, theirs) <= 1e-5
+    assert back.peft_config["default"].method == "p_tuning" and gap(back, theirs) <= 1e-5
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_mistral], ids=["llama", "mistral"])
 def test_llama_adapter_both_ways(make, tmp_path):
@@ -56,43 +42,36 @@ def test_llama_adapter_both_ways(make, tmp_path):
         with ours.disable_adapter(): assert torch.equal(ours(**X).logits, y0)    # zero gate: the base, bit for bit
         for n, p in ours.named_parameters():
             if "adaption_gate" in n: p.fill_(0.7)                                  # open the gate so the prompt counts
-    _train(ours)
+    train(ours)
     assert [p for p, _ in ours.adapter_context().layers()] == ["model.layers.1.self_attn"]   # the top layer only
     to_hf_peft(ours, tmp_path / "ours")
     theirs = peft.PeftModel.from_pretrained(make(), tmp_path / "ours").eval()
-    assert _gap(theirs, ours) <= 1e-5 and _gap(theirs, ours) < (ours(**X).logits - y0).abs().max().item()
+    assert gap(theirs, ours) <= 1e-5 and gap(theirs, ours) < (ours(**X).logits - y0).abs().max().item()
     theirs = peft.get_peft_model(make(), peft.AdaptionPromptConfig(task_type="CAUSAL_LM", adapter_len=4, adapter_layers=2))
     with torch.no_grad():
         for n, p in theirs.named_parameters():
             if "adaption_gate" in n: p.fill_(0.5)
-    _train(theirs)
+    train(theirs)
     theirs.save_pretrained(tmp_path / "theirs")
     back = from_hf_peft(make(), tmp_path / "theirs")
-    assert len(back.adapter_context().layers()) == 2 and _gap(back, theirs) <= 1e-5
+    assert len(back.adapter_context().layers()) == 2 and gap(back, theirs) <= 1e-5
 
 @pytest.mark.parametrize("cfg", [lambda: PTuningV2Config(num_virtual_tokens=5), lambda: APTConfig(num_virtual_tokens=5)], ids=["p_tuning_v2", "apt"])
 def test_deep_prompts_load_in_peft_as_prefix_tuning(cfg, tmp_path):
     "P-tuning v2 is prefix tuning without the MLP; APT's gates fold into the table. PEFT computes the same outputs."
-    ours = _train(get_peft_model(tiny_llama(), cfg()))
+    ours = train(get_peft_model(tiny_llama(), cfg()))
     to_hf_peft(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path).eval()
-    assert theirs.peft_config["default"].peft_type == "PREFIX_TUNING" and _gap(theirs, ours) <= 1e-5
+    assert theirs.peft_config["default"].peft_type == "PREFIX_TUNING" and gap(theirs, ours) <= 1e-5
 
 def test_pruned_xprompt_loads_in_peft_as_prompt_tuning(tmp_path):
-    ours = _train(get_peft_model(tiny_llama(), XPromptConfig(num_virtual_tokens=6, pieces=4)))
+    ours = train(get_peft_model(tiny_llama(), XPromptConfig(num_virtual_tokens=6, pieces=4)))
     xprompt_prune(ours, [dict(X, labels=X["input_ids"])], token_keep=0.5, piece_keep=0.5)
     to_hf_peft(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path).eval()
-    assert theirs.peft_config["default"].peft_type == "PROMPT_TUNING" and _gap(theirs, ours) <= 1e-5
+    assert theirs.peft_config["default"].peft_type == "PROMPT_TUNING" and gap(theirs, ours) <= 1e-5
 
 # --- generation --------------------------------------------------------------------------------------------------
-
-def _alone(pm, ids, steps):
-    "Greedy decoding of one unpadded prompt by full forward passes, no cache: what generate must mean."
-    seq, logits = ids[None], []
-    for _ in range(steps):
-        z = pm(seq).logits[0, -1]; logits.append(z); seq = torch.cat([seq, z.argmax()[None, None]], 1)
-    return seq[0, len(ids):], torch.stack(logits)
 
 def _open_gates(pm):
     with torch.no_grad():
@@ -109,20 +88,7 @@ PAIRS = [(k, a) for k in GEN if k != "llama_adapter" for a in ("llama", "gpt2")]
 @pytest.mark.parametrize("kind,arch", PAIRS)
 def test_generate_left_padded_equals_each_prompt_alone(kind, arch):
     make = {"llama": tiny_llama, "gpt2": tiny_gpt2, "mistral": tiny_mistral}[arch]
-    pm = _train(_open_gates(get_peft_model(make(), GEN[kind]())))
-    prompts = [torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
-    T_ = max(map(len, prompts))
-    ids = torch.stack([torch.cat([torch.zeros(T_ - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (torch.arange(T_)[None] >= torch.tensor([T_ - len(p) for p in prompts])[:, None]).long()
-    with torch.no_grad():
-        out = pm.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-        assert out.sequences.shape == (3, T_ + 6) and torch.equal(out.sequences[:, :T_], ids)
-        for i, p in enumerate(prompts):
-            toks, z = _alone(pm, p, 6)
-            assert torch.equal(out.sequences[i, T_:], toks)
-            assert (torch.stack([s[i] for s in out.logits]) - z).abs().max().item() <= 1e-5
-        with pm.disable_adapter(): plain = pm.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert not torch.equal(plain, out.sequences)
+    check_generate_left_padded(train(_open_gates(get_peft_model(make(), GEN[kind]()))))
 
 # --- an encoder: the pretrained MiniLM on real sentences ----------------------------------------------------------
 
@@ -150,17 +116,17 @@ def test_counts_by_formula_on_minilm():
     assert llama_adapter_params(30, 10, 4096) == 1_228_830      # LLaMA-7B, the paper's "1.2M" (30 · 10 · 4096 + 30 gates)
 
 def test_p_tuning_saves_rows_and_reloads_them_trainable(tmp_path):
-    pm = _train(get_peft_model(tiny_llama(), PTuningConfig(num_virtual_tokens=4, encoder_reparameterization_type="LSTM", encoder_hidden_size=8)))
+    pm = train(get_peft_model(tiny_llama(), PTuningConfig(num_virtual_tokens=4, encoder_reparameterization_type="LSTM", encoder_hidden_size=8)))
     pm.save_adapter(tmp_path)
     with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f: assert list(f.keys()) == ["prompt_embeddings"]
     loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
     assert loaded.peft_config["default"].reparameterize is False and loaded.trainable_report().trainable == 4 * 32
-    assert _gap(loaded, pm) <= 1e-6
+    assert gap(loaded, pm) <= 1e-6
 
 # --- what the methods promise -------------------------------------------------------------------------------------
 
 def test_xprompt_prunes_by_importance_and_retraining_keeps_the_pruned_out(tmp_path):
-    pm = _train(get_peft_model(tiny_llama(), XPromptConfig(num_virtual_tokens=8, pieces=4)))
+    pm = train(get_peft_model(tiny_llama(), XPromptConfig(num_virtual_tokens=8, pieces=4)))
     batch = [dict(X, labels=X["input_ids"])]
     p = pm.adapter_inputs["default"]
     s = xprompt_importance(pm, batch)
@@ -175,11 +141,11 @@ def test_xprompt_prunes_by_importance_and_retraining_keeps_the_pruned_out(tmp_pa
     assert kept == {"tokens": 4, "pieces": 8}
     dead = p.token_mask == 0
     assert (p.rows()[dead] == 0).all() and (p.piece_mask[dead] == 0).all()
-    _train(pm)                                      # re-train the survivors
+    train(pm)                                      # re-train the survivors
     assert (p.rows()[dead] == 0).all()
     pm.save_adapter(tmp_path)
     again = PeftModel.from_pretrained(tiny_llama(), tmp_path)
-    assert torch.equal(again.adapter_inputs["default"].token_mask, p.token_mask) and _gap(again, pm) == 0
+    assert torch.equal(again.adapter_inputs["default"].token_mask, p.token_mask) and gap(again, pm) == 0
 
 def test_apt_gates_scale_each_layer_and_token():
     pm = get_peft_model(tiny_llama(), APTConfig(num_virtual_tokens=3))
