@@ -84,5 +84,6 @@ def from_hf_peft(model:nn.Module, # the base model the PEFT adapter was trained 
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
     # PEFT's bias="all" also saves the biases of its head wrapper (original + copy): the head's own keys carry them
     tensors = {k: v for k, v in tensors.items() if ".original_module." not in k and ".modules_to_save." not in k}
-    cfg, tensors = readers[kind].from_hf(d, tensors)
+    reader = readers[kind]   # a reader that needs the base's own tensors (LN-tuning: PEFT saves trained copies, we keep deltas) has `from_hf_base`
+    cfg, tensors = reader.from_hf_base(d, tensors, model) if hasattr(reader, "from_hf_base") else reader.from_hf(d, tensors)
     return PeftModel.from_tensors(model, cfg, tensors, adapter_name, is_trainable, source=str(model_id))
