@@ -100,6 +100,7 @@ def fit(model:nn.Module, # a PeftModel or any model: the optimizer gets what req
     "Train with AdamW (or `optimizer`) and a linear schedule; evaluate accuracy on `eval_loader`."
     set_seed(seed)
     acc = Accelerator(cpu=not _has_accelerator())  # cpu=True is what makes torchrun's processes one gloo group on CPU
+    if isinstance(model, PeftModel): model.before_training(train_loader)   # methods that choose what to train from the data
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("nothing to train: no parameter of the model requires grad")
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -188,3 +188,27 @@ def test_import_of_a_missing_method_module_is_a_clear_error():
     r = subprocess.run([sys.executable, "-c", "import sys; from peft_notes.cli import main; sys.exit(main())", "compare", "--import", "/no/such.py"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--import /no/such.py: FileNotFoundError: no such method module" in r.stderr, r.stderr
+
+def test_before_training_runs_once_with_the_data_before_the_optimizer_is_built():
+    "A method that chooses what to train from data (FishMask, LT-SFT) does it in `before_training`; `fit` calls it before building its optimizer, so what it creates trains."
+    from dataclasses import dataclass
+    from torch.utils.data import DataLoader
+    from peft_notes.core import TensorDeltaLayer, register_method, PeftConfig
+    from peft_notes.train import fit
+    from typing import ClassVar
+    seen = []
+
+    @dataclass
+    class LateBias(PeftConfig):   # not registered: get_peft_model takes any config
+        layer_cls: ClassVar[type] = TensorDeltaLayer
+        def inject(self, ctx): pass                                     # nothing until the data is seen
+        def before_training(self, ctx, batches):
+            n = sum(1 for _ in batches); seen.append(n)                 # the data, whole
+            ctx.wrap("bert.encoder.layer.1.output.dense", params=["bias"])   # chosen now
+    LateBias.method = "late_bias"
+    pm = get_peft_model(tiny_bert(), LateBias())
+    assert pm.trainable_report().trainable == 0
+    data = [{"input_ids": torch.randint(0, 99, (4, 6)), "labels": torch.randint(0, 2, (4,))} for _ in range(3)]
+    fit(pm, DataLoader(data, batch_size=None), epochs=1, lr=1e-2, progress=False)
+    layer = pm.base_model.bert.encoder.layer[1].output.dense
+    assert seen == [3] and isinstance(layer, TensorDeltaLayer) and layer.base_delta["default"]["bias"].abs().max() > 0

@@ -89,6 +89,10 @@ def extra_loss(self:PeftConfig, ctx)->Optional[torch.Tensor]:
     return None
 
 @patch
+def before_training(self:PeftConfig, ctx, batches):
+    "Training hook called once with the training batches, before the optimizer is built: a method that chooses what to train from data (FishMask's Fisher information, LT-SFT's first fine-tuning) does it here; the default does nothing."
+
+@patch
 def after_step(self:PeftConfig, ctx, step:int, total:int):
     "Training hook called after each optimizer step (AdaLoRA's allocation, SoRA's proximal step); the default does nothing."
 

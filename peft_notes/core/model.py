@@ -454,6 +454,13 @@ def _hook(self:PeftModel, what:str, *args)->list:
             if (cfg := self.peft_config.get(n)) is not None and not cfg.inference_mode]
 
 @patch
+def before_training(self:PeftModel, batches):
+    "Call once before training with an iterable of training batches (dicts a model call takes, labels included); `fit` does. Methods that choose their parameters from data do it here; what they create is made trainable."
+    self._hook("before_training", batches)
+    for _, layer in self._layers(): layer.set_active(self.active_adapters)   # the layers a hook wrapped just now
+    self._mark_trainable()
+
+@patch
 def before_step(self:PeftModel, step:int, total:int):
     "Call before each training forward pass (DyLoRA samples its rank here)."
     self._hook("before_step", step, total)
