@@ -36,6 +36,7 @@ def _check_train(pm, inputs, steps, lr):
     "Train a few steps on a fixed batch; return (loss before, loss after)."
     z = _logits(pm(**inputs))
     labels = torch.randint(0, z.shape[-1], z.shape[:-1], generator=torch.Generator().manual_seed(2))
+    pm.before_training([{**inputs, "labels": labels}])   # a method that chooses its parameters from data (FishMask) does it now
     adapter = {id(p) for p in pm.adapter_state_dict().values() if isinstance(p, nn.Parameter)}  # buffers (PiSSA's A0, B0) are saved, not trained
     if pm.active_adapter in pm.adapter_inputs: adapter |= {id(p) for p in pm.adapter_inputs[pm.active_adapter].parameters()}  # prefix tuning's MLP trains, unsaved
     trainable = [p for p in pm.parameters() if p.requires_grad]

@@ -13,8 +13,8 @@ def tiny_qwen2():
 
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
-           "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial"]
-LR = {"ln_tuning": 5e-2, "partial": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
+           "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask"]
+LR = {"ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt"}   # change the inputs: not the base at init, not mergeable, no mixed batch (rows of different lengths)
 
@@ -27,7 +27,8 @@ def _with_specials(model):
 # case that means something, the pretrained MiniLM on real sentences, is in tests/test_soft_prompts.py.
 LR_ARCH = {("p_tuning", "bert"): 1e-3}
 CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_save=["classifier"]),
-          **{("pasta", a): lambda: list_methods()["pasta"](special_token_ids=[1, 2]) for a in ("bert", "llama", "gpt2")}}
+          **{("pasta", a): lambda: list_methods()["pasta"](special_token_ids=[1, 2]) for a in ("bert", "llama", "gpt2")},
+          **{("fish_mask", a): lambda: list_methods()["fish_mask"](density=0.05) for a in ("bert", "llama", "gpt2")}}   # 0.5% of a tiny model is a handful of entries
 REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention"}
 
 def test_every_registered_method_is_in_the_matrix():
@@ -62,10 +63,11 @@ def test_half_precision_base(method):
     base = (tiny_qwen2 if method == "bitfit" else tiny_llama)().to(torch.bfloat16)
     cfg = CONFIG.get((method, "llama"), list_methods()[method])()
     pm = get_peft_model(base, cfg)
+    x = _with_specials(pm) if method == "pasta" else default_inputs(pm)
+    pm.before_training([{**x, "labels": x["input_ids"]}])              # FishMask chooses its entries from data (the bf16 model's Fisher)
     trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
     assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}, {n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32}
     assert {p.dtype for p in pm.parameters() if not p.requires_grad} == {torch.bfloat16}
-    x = _with_specials(pm) if method == "pasta" else default_inputs(pm)
     y = pm(**x).logits
     assert y.dtype == torch.bfloat16 and y.isfinite().all()
     y.float().square().mean().backward()

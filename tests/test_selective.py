@@ -103,3 +103,79 @@ def test_with_bitfit_on_the_same_norm():
     pm.add_adapter("ln", LNTuningConfig())
     layer = pm.base_model.bert.embeddings.LayerNorm
     assert set(layer.base_delta) == {"bias", "ln"} and set(layer.base_delta["bias"]) == {"bias"} and set(layer.base_delta["ln"]) == {"weight", "bias"}
+
+# --- sparse deltas and FishMask (nbs/32_unstructured) ---------------------------------------------------------------
+from peft_notes.core import read_safetensors
+from peft_notes.methods.selective.sparse import FishMaskConfig, SparseDeltaLayer, fisher_information, top_k_entries
+from safetensors.torch import save_file
+
+def _fish(make, density=0.05, **kw):
+    pm = get_peft_model(make(), FishMaskConfig(density=density, **kw))
+    pm.before_training([{"input_ids": X, "labels": Y if make is tiny_bert else X}])
+    return pm
+
+def test_fisher_information_is_the_mean_of_per_example_squared_gradients():
+    m = tiny_bert().eval(); t = [m.classifier.weight, m.bert.pooler.dense.bias]
+    got = fisher_information(m, [{"input_ids": X, "labels": Y}], t, n_samples=3)
+    want = [torch.zeros_like(x) for x in t]
+    for i in range(3):
+        for w, g in zip(want, torch.autograd.grad(m(input_ids=X[i:i + 1], labels=Y[i:i + 1]).loss, [p.requires_grad_(True) for p in t])): w += g ** 2 / 3
+    for g, w in zip(got, want): torch.testing.assert_close(g, w)
+    assert not m.training
+
+def test_top_k_is_global_and_exact():
+    scores = {"a": torch.tensor([5., 1., 3.]), "b": torch.tensor([[4., 0.], [2., 6.]])}
+    assert {k: v.tolist() for k, v in top_k_entries(scores, 3 / 7).items()} == {"a": [0], "b": [0, 3]}
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_fish_mask_leaves_every_other_entry_of_the_base_untouched(arch):
+    make = MODELS[arch]
+    pm = _fish(make); base_sd = {k: v.clone() for k, v in make().state_dict().items()}
+    opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=5e-2); pm.train()
+    for _ in range(5): opt.zero_grad(); pm(input_ids=X, labels=Y if arch == "bert" else X).loss.backward(); opt.step()
+    now = {k.replace(".base_layer", ""): v for k, v in pm.get_base_model().state_dict().items() if ".sparse_" not in k}
+    assert set(now) == set(base_sd) and all(torch.equal(now[k], base_sd[k]) for k in base_sd)
+    pm.merge_adapter()                                          # merged: exactly the chosen entries differ from the base
+    merged = {k.replace(".base_layer", ""): v for k, v in pm.get_base_model().state_dict().items() if ".sparse_" not in k}
+    changed = sum(int((merged[k] != base_sd[k]).sum()) for k in base_sd)
+    chosen = sum(int((v != 0).sum()) for k, v in pm.adapter_state_dict().items() if k.endswith("sparse_values.weight") or k.endswith("sparse_values.bias"))
+    assert 0 < changed == chosen
+
+def test_two_fish_masks_coexist_and_fit_chooses_before_it_builds_the_optimizer():
+    from torch.utils.data import DataLoader
+    from peft_notes.train import fit
+    pm = get_peft_model(tiny_bert(), FishMaskConfig(density=0.05), adapter_name="a")
+    data = [{"input_ids": X, "labels": Y}] * 3
+    fit(pm, DataLoader(data, batch_size=None), epochs=1, lr=1e-2, progress=False)
+    pm.add_adapter("b", FishMaskConfig(density=0.02)); pm.set_adapter("b")
+    fit(pm, DataLoader(data, batch_size=None), epochs=1, lr=1e-2, progress=False)
+    sizes = {n: sum(v.numel() for k, v in pm.adapter_state_dict(n).items() if "sparse_values" in k) for n in ("a", "b")}
+    assert sizes["a"] > sizes["b"] > 0
+    assert all(v.abs().max() > 0 for n in ("a", "b") for k, v in pm.adapter_state_dict(n).items() if "sparse_values" in k and v.numel() > 2)
+
+def _saved(tmp_path):
+    pm = _fish(tiny_bert); pm.save_adapter(tmp_path); return tmp_path
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda t, k: t.__setitem__(k, torch.cat([t[k][:-1], torch.tensor([10**6], dtype=t[k].dtype)])), "falls outside"),
+    (lambda t, k: t.__setitem__(k, t[k].flip(0)), "strictly increasing"),
+])
+def test_a_sparse_file_with_bad_indices_is_refused_and_the_model_unchanged(tmp_path, corrupt, match):
+    folder = _saved(tmp_path)
+    t = read_safetensors(folder / "adapter_model.safetensors")
+    k = max((k for k in t if k.endswith("sparse_index.weight")), key=lambda k: t[k].numel())
+    corrupt(t, k); save_file(t, str(folder / "adapter_model.safetensors"))
+    base = tiny_bert(); before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match=match): PeftModel.from_pretrained(base, folder)
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items()) and not any(isinstance(m, SparseDeltaLayer) for m in base.modules())
+
+def test_a_sparse_adapter_for_another_base_shape_is_refused(tmp_path):
+    folder = _saved(tmp_path)
+    other = T.BertForSequenceClassification(T.BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="falls outside|does not fit|shape"): PeftModel.from_pretrained(other, folder)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items()) and not any(isinstance(m, SparseDeltaLayer) for m in other.modules())
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5])
+def test_density_outside_0_1_is_refused(density):
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"): FishMaskConfig(density=density)

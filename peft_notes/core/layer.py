@@ -244,21 +244,25 @@ class TensorDeltaLayer(AdapterLayer):
         if self.disabled and self.merged: self.unmerge()
         if self.disabled or self.merged: return self.base_layer(*args, **kwargs)
         if self.routing is not None: return self.routed_forward(args, kwargs)   # the batch's names, not the active adapters, decide
-        active = [n for n in self.active_adapters if n in self.base_delta]
+        active = [n for n in self.active_adapters if n in self.adapter_names]
         return self._call(active, args, kwargs) if active else self.base_layer(*args, **kwargs)
 
     def _call(self, names, args, kwargs):
         "The module with base + the deltas of adapters `names` in place of its tensors, for this call only."
         own, swap = dict(self.base_layer.named_parameters(recurse=False)), {}
         for n in names:
-            for p, d in self.base_delta[n].items(): swap[p] = swap.get(p, own[p]) + d.to(own[p].dtype)
+            for p, d in self.deltas(n).items(): swap[p] = swap.get(p, own[p]) + d.to(own[p].dtype)
         return torch.func.functional_call(self.base_layer, swap, args, kwargs)
 
     def routed_forward(self, args, kwargs):
         x, out = layer_input(args, kwargs), self.base_layer(*args, **kwargs)
-        for n, idx in routing_groups(self.routing, self.base_delta, x.device).items():
+        for n, idx in routing_groups(self.routing, self.adapter_names, x.device).items():
             a, k = with_input(args, kwargs, x[idx])
             out = out.clone(); out[idx] = self._call([n], a, k)
         return out
 
-    def get_delta(self, name:str)->dict: return {p: d.detach() for p, d in self.base_delta[name].items()}
+    def deltas(self, name:str)->dict:
+        "Adapter `name`'s delta of each tensor it changes, dense and shaped as the tensor (a sparse subclass builds them here)."
+        return dict(self.base_delta[name])
+
+    def get_delta(self, name:str)->dict: return {p: d.detach() for p, d in self.deltas(name).items()}
