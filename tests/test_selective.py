@@ -179,3 +179,45 @@ def test_a_sparse_adapter_for_another_base_shape_is_refused(tmp_path):
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5])
 def test_density_outside_0_1_is_refused(density):
     with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"): FishMaskConfig(density=density)
+
+from peft_notes.methods.selective.sparse import ChildTuningConfig, ChildTuningLayer, LTSFTConfig, movement
+
+def test_movement_puts_every_tensor_back_bit_for_bit():
+    m = tiny_bert(); before = {k: v.clone() for k, v in m.state_dict().items()}
+    t = [m.bert.encoder.layer[0].attention.self.query.weight, m.bert.encoder.layer[1].output.dense.bias]
+    moved = movement(m, [{"input_ids": X, "labels": Y}], t, steps=3, lr=1e-2)
+    assert all(x.max() > 0 for x in moved)                                   # they moved in the run...
+    assert all(p.requires_grad for p in m.parameters()) and not m.training     # ...and the model's flags and its eval mode are as they were
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in t)
+
+def test_lt_sft_chooses_the_entries_that_moved_most():
+    "The entries LT-SFT keeps are exactly the top share of |θ₁ − θ₀| after its first fine-tuning (same seed, same run)."
+    data = [{"input_ids": X, "labels": Y}]
+    pm = get_peft_model(tiny_bert(), LTSFTConfig(density=0.01, select_steps=3, select_lr=1e-2))
+    cands = pm.peft_config["default"].candidates(pm.adapter_context())
+    torch.manual_seed(0); want = top_k_entries({(n, p): m for (n, p, _), m in zip(cands, movement(pm, data, [t for *_, t in cands], 3, 1e-2))}, 0.01)
+    torch.manual_seed(0); pm.before_training(data)
+    got = {(path, p): i.long() for path, l in pm.adapter_context().layers(SparseDeltaLayer) for p, i in l.sparse_index["default"].items()}
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert sum(len(v) for v in got.values()) == round(0.01 * sum(t.numel() for *_, t in cands))
+
+def test_child_tuning_task_free_masks_each_steps_gradient():
+    "One step of fit at p = 0.25 moves about a quarter of the entries; the next step draws a new child network."
+    from torch.utils.data import DataLoader
+    from peft_notes.train import fit
+    pm = get_peft_model(tiny_bert(), ChildTuningConfig(density=0.25))
+    fit(pm, DataLoader([{"input_ids": X, "labels": Y}], batch_size=None), epochs=1, lr=1e-2, warmup=0, progress=False)
+    d = [v for v in pm.adapter_state_dict().values()]
+    share = sum(int((t != 0).sum()) for t in d) / sum(t.numel() for t in d)
+    assert 0.2 < share < 0.3
+    layer = next(l for _, l in pm.adapter_context().layers(ChildTuningLayer))
+    first = {k: m.clone() for k, m in layer.grad_mask["default"].items()}
+    pm.before_step(1, 2)
+    assert any(not torch.equal(first[k], m) for k, m in layer.grad_mask["default"].items())
+
+def test_child_tuning_task_driven_is_a_fisher_choice():
+    pm = get_peft_model(tiny_bert(), ChildTuningConfig(mode="task_driven", density=0.1))
+    assert pm.trainable_report().trainable == 0
+    pm.before_training([{"input_ids": X, "labels": Y}])
+    assert pm.peft_config["default"].layer_cls is SparseDeltaLayer and pm.trainable_report().trainable > 0
