@@ -12,7 +12,7 @@ import re
 import torch
 from torch import nn
 from fastcore.basics import patch
-from ...core import PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, match_name, register_method
+from ...core import LAYER_PATTERNS, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, match_name, register_method
 from ...core.layer import base_of
 from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
 
@@ -89,7 +89,7 @@ def from_hf_base(cls:LNTuningConfig, d:dict, tensors:dict, base:nn.Module)->tupl
 # %% ../../../nbs/31_structured.ipynb #b96f59b9
 def _block_of(name:str, patterns=None)->Optional[tuple]:
     "(the stack's path, the block's index) of module `name` (`encoder.block.3.layer.0` -> ('encoder.block', 3)), or None."
-    pats = [patterns] if isinstance(patterns, str) else list(patterns or ("layer", "layers", "h", "block", "blocks"))
+    pats = [patterns] if isinstance(patterns, str) else list(patterns or LAYER_PATTERNS)
     m = re.search(rf"(?:^|\.)((?:{'|'.join(map(re.escape, pats))}))\.(\d+)(?:\.|$)", name)
     return (name[:m.start(2) - 1], int(m.group(2))) if m else None
 
