@@ -13,10 +13,14 @@ def tiny_qwen2():
 
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
-           "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning"]
+           "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning"]
 LR = {"ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt"}   # change the inputs: not the base at init, not mergeable, no mixed batch (rows of different lengths)
+
+def tiny_t5():
+    "An encoder–decoder, for the method that adapts only the cross-attention."
+    return T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=99, decoder_start_token_id=0)).eval()
 
 def _with_specials(model):
     "PASTA adapts the special tokens: put one at each end of every row (ids 1 and 2, the ones its config names below)."
@@ -30,7 +34,8 @@ CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_sa
           **{("pasta", a): lambda: list_methods()["pasta"](special_token_ids=[1, 2]) for a in ("bert", "llama", "gpt2")},
           **{("fish_mask", a): lambda: list_methods()["fish_mask"](density=0.05) for a in ("bert", "llama", "gpt2")},
           **{("lt_sft", a): lambda: list_methods()["lt_sft"](density=0.05, select_steps=5, select_lr=1e-2) for a in ("bert", "llama", "gpt2")}}   # 0.5% of a tiny model is a handful of entries
-REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention"}
+REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention",
+           **{("xattn_tuning", a): "needs an encoder–decoder" for a in ("bert", "llama", "gpt2")}}   # its matrix runs on T5 and BART: tests/test_selective.py
 
 def test_every_registered_method_is_in_the_matrix():
     "Every method the package registers (tests may register methods of their own in the same process: not counted)."
@@ -61,10 +66,11 @@ def test_llama_adapter_on_mistral():
 def test_half_precision_base(method):
     "Every method trains in fp32 over a bf16 base (as PEFT's autocast_adapter_dtype): its trainable tensors and their gradients are fp32, the base stays bf16, and the output comes back in bf16."
     import torch
-    base = (tiny_qwen2 if method == "bitfit" else tiny_llama)().to(torch.bfloat16)
+    base = (tiny_qwen2 if method == "bitfit" else tiny_t5 if method == "xattn_tuning" else tiny_llama)().to(torch.bfloat16)
     cfg = CONFIG.get((method, "llama"), list_methods()[method])()
     pm = get_peft_model(base, cfg)
     x = _with_specials(pm) if method == "pasta" else default_inputs(pm)
+    if method == "xattn_tuning": x["decoder_input_ids"] = x["input_ids"][:, :5]
     pm.before_training([{**x, "labels": x["input_ids"]}])              # FishMask chooses its entries from data (the bf16 model's Fisher)
     trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
     assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}, {n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32}

@@ -7,7 +7,8 @@ from peft_notes.core import PeftModel, TensorDeltaLayer, get_peft_model
 from peft_notes.interop import from_hf_peft, to_hf_peft
 from peft_notes.models import tiny_bert, tiny_gpt2, tiny_llama
 from peft_notes.methods.selective.bitfit import BitFitConfig
-from peft_notes.methods.selective.structured import LNTuningConfig, PartialConfig, is_norm
+from peft_notes.methods.selective.structured import LNTuningConfig, PartialConfig, XattnTuningConfig, is_norm, xattn_tuning_params
+from peft_notes.testing import check_method
 
 X = torch.randint(3, 99, (3, 9), generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([0, 1, 0])
@@ -95,6 +96,40 @@ def test_bad_input(make_cfg, model, match):
         return
     base = model(); before = {k: v.clone() for k, v in base.state_dict().items()}
     with pytest.raises((ValueError, TypeError), match=match): get_peft_model(base, make_cfg())
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items()) and not any(isinstance(m, TensorDeltaLayer) for m in base.modules())
+
+ENC_DEC = {"t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=3, num_heads=4, vocab_size=99, decoder_start_token_id=0)),
+           "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+                                                                        encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=99, max_position_embeddings=64))}
+def _seq2seq_inputs(m):
+    g = torch.Generator().manual_seed(1)
+    return {"input_ids": torch.randint(3, 99, (2, 9), generator=g), "decoder_input_ids": torch.randint(3, 99, (2, 5), generator=g)}
+
+@pytest.mark.parametrize("arch", ENC_DEC)
+def test_xattn_tuning_matrix_on_encoder_decoders(arch):
+    "The shared matrix on T5 (no biases) and BART (biases): exactly the cross-attention's tensors train, by the formula."
+    r = check_method(XattnTuningConfig, ENC_DEC[arch], _seq2seq_inputs, lr=5e-2)
+    assert r["loss_after"] < r["loss_before"] and r["init_max_diff"] == 0.0 and r["mixed_batch_max_diff"] <= 1e-5
+    assert r["trainable"] == xattn_tuning_params(32, 32, 3, bias=arch == "bart")
+
+@pytest.mark.parametrize("arch", ENC_DEC)
+def test_xattn_tuning_changes_only_the_cross_attention(arch):
+    base = ENC_DEC[arch](); before = {k: v.clone() for k, v in base.state_dict().items()}
+    pm = get_peft_model(base, XattnTuningConfig())
+    x = _seq2seq_inputs(base); opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=5e-2); pm.train()
+    for _ in range(3): opt.zero_grad(); pm(**x, labels=x["decoder_input_ids"]).loss.backward(); opt.step()
+    trained = {k.removeprefix("base_model.model.").replace(".base_delta", "") for k in pm.adapter_state_dict()}
+    xattn = "EncDecAttention" if arch == "t5" else "encoder_attn."
+    assert trained == {k for k in before if xattn in k and "layer_norm" not in k}
+    pm.merge_adapter()
+    merged = pm.get_base_model().state_dict()
+    changed = {k.replace(".base_layer", "") for k, v in merged.items() if ".base_delta." not in k and not torch.equal(v, before[k.replace(".base_layer", "")])}
+    assert changed and changed <= trained                                    # merged: only the cross-attention's tensors moved
+    assert all(torch.equal(v, before[k]) for k, v in pm.unload().state_dict().items() if k not in trained)
+
+def test_xattn_tuning_refuses_a_model_without_cross_attention():
+    base = tiny_bert(); before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match="needs an encoder–decoder"): get_peft_model(base, XattnTuningConfig())
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items()) and not any(isinstance(m, TensorDeltaLayer) for m in base.modules())
 
 def test_with_bitfit_on_the_same_norm():
