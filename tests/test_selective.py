@@ -256,3 +256,66 @@ def test_child_tuning_task_driven_is_a_fisher_choice():
     assert pm.trainable_report().trainable == 0
     pm.before_training([{"input_ids": X, "labels": Y}])
     assert pm.peft_config["default"].layer_cls is SparseDeltaLayer and pm.trainable_report().trainable > 0
+
+# --- diff pruning -------------------------------------------------------------------------------------------------------
+from peft_notes.methods.selective.sparse import DiffPruningConfig, expected_l0, hard_concrete, l0_search
+
+def test_expected_l0_is_the_probability_a_gate_is_open():
+    a = torch.tensor([-4.0, -1.0, 0.0, 2.0, 5.0])
+    for stretch, beta in [((-1.5, 1.5), 1.0), ((-0.1, 1.1), 2 / 3)]:
+        torch.manual_seed(0); z = hard_concrete(a.repeat(100_000, 1), stretch, beta)
+        assert z.min() >= 0 and z.max() <= 1 and (z == 0).any() and (z == 1).any()
+        assert ((z > 0).float().mean(0) - expected_l0(a, stretch, beta)).abs().max() < 0.01
+    assert torch.equal(hard_concrete(a, sample=False), (torch.sigmoid(a) * 3 - 1.5).clamp(0, 1))
+
+def test_l0_search_leaves_the_base_and_the_modes_as_they_were_and_the_penalty_closes_gates():
+    m = tiny_bert().eval(); before = {k: v.clone() for k, v in m.state_dict().items()}
+    t = [m.bert.encoder.layer[0].intermediate.dense.weight, m.bert.encoder.layer[1].output.dense.weight]
+    for p in m.parameters(): p.requires_grad_(False)
+    torch.manual_seed(0); dfree, free = l0_search(m, [{"input_ids": X, "labels": Y}], t, steps=20, lr=1e-2, gate_lr=0.3, l0_lambda=0.0)
+    torch.manual_seed(0); delta, pen = l0_search(m, [{"input_ids": X, "labels": Y}], t, steps=20, lr=1e-2, gate_lr=0.3, l0_lambda=10.0)
+    assert pen[-1] < free[-1] and pen[-1] < pen[0]
+    assert [d.shape for d in delta] == [x.shape for x in t] and all(d.abs().max() > 0 for d in dfree)
+    assert sum(int((d != 0).sum()) for d in delta) < sum(int((d != 0).sum()) for d in dfree)   # the penalty's δ̂ is sparser
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()) and not m.training
+
+def test_diff_pruning_projects_and_starts_the_second_stage_at_the_first_stages_diff():
+    "The kept entries are exactly the top |δ̂| of the first stage (same seed), start at δ̂ there, and everything else of the base is untouched after fit."
+    from torch.utils.data import DataLoader
+    from peft_notes.train import fit
+    data = [{"input_ids": X, "labels": Y}]
+    kw = dict(search_steps=4, search_lr=1e-2, gate_lr=0.3, l0_lambda=1.0)
+    pm = get_peft_model(tiny_bert(), DiffPruningConfig(density=0.02, **kw))
+    cands = pm.peft_config["default"].candidates(pm.adapter_context())
+    twin = get_peft_model(tiny_bert(), DiffPruningConfig(density=0.02, **kw))
+    twin_cands = twin.peft_config["default"].candidates(twin.adapter_context())
+    torch.manual_seed(0); delta, _ = l0_search(twin, data, [t for *_, t in twin_cands], 4, 1e-2, 0.3, 1.0)
+    want = top_k_entries({(n, p): d.abs() for (n, p, _), d in zip(cands, delta)}, 0.02)
+    torch.manual_seed(0); pm.before_training(data)
+    layers = dict(pm.adapter_context().layers(SparseDeltaLayer))
+    got = {(path, p): i.long() for path, l in layers.items() for p, i in l.sparse_index["default"].items()}
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    start = {(n, p): d.flatten()[want[n, p]] for (n, p, _), d in zip(cands, delta) if (n, p) in want}
+    assert all(torch.allclose(layers[path].sparse_values["default"][p].detach(), start[path, p]) for path, p in want)
+    before = {k: v.clone() for k, v in pm.get_base_model().state_dict().items() if ".sparse_" not in k}
+    fit(pm, DataLoader(data * 3, batch_size=None), epochs=1, lr=1e-2, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in pm.get_base_model().state_dict().items() if ".sparse_" not in k)
+
+def test_diff_pruning_and_fish_mask_side_by_side(tmp_path):
+    data = [{"input_ids": X, "labels": Y}]
+    pm = get_peft_model(tiny_bert(), DiffPruningConfig(density=0.05, search_steps=3, search_lr=1e-2, gate_lr=0.3), adapter_name="dp")
+    pm.before_training(data)
+    pm.add_adapter("fish", FishMaskConfig(density=0.05)); pm.set_adapter("fish"); pm.before_training(data)
+    _train(pm); pm.set_adapter("dp"); _train(pm)
+    outs = {}
+    with torch.no_grad():
+        for n in ("dp", "fish"): pm.set_adapter(n); outs[n] = pm(input_ids=X).logits
+    assert not torch.allclose(outs["dp"], outs["fish"])
+    pm.save_adapter(tmp_path, "dp")
+    back = PeftModel.from_pretrained(tiny_bert(), tmp_path, adapter_name="dp")
+    with torch.no_grad(): assert torch.equal(back(input_ids=X).logits, outs["dp"])
+
+@pytest.mark.parametrize("kw,match", [(dict(stretch_low=0.0), "stretch must be"), (dict(stretch_high=1.0), "stretch must be"),
+                                      (dict(search_steps=0), "search_steps must be"), (dict(beta=0.0), "beta must be positive"), (dict(density=2.0), "density must be")])
+def test_diff_pruning_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match): DiffPruningConfig(**kw)
