@@ -55,7 +55,7 @@ INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xpr
 @pytest.mark.parametrize("name", ARCHS)
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
                                     "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
-                                    "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning"])
+                                    "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods
@@ -72,11 +72,11 @@ def test_every_method_with_its_defaults(method, name):
             assert y.isfinite().all() and not torch.allclose(y[:, -y0.shape[1]:] if y.shape != y0.shape else y, y0)
             with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
         return
-    if method in ("fish_mask", "lt_sft", "diff_pruning"):                 # they choose their entries from data
+    if method in ("fish_mask", "lt_sft", "diff_pruning", "far", "spt"):   # they choose their entries from data
         with torch.no_grad(): assert torch.equal(pm(**x).logits, y0)     # nothing chosen yet
         labels = x.get("decoder_input_ids", x.get("input_ids")) if name not in ("bert", "roberta", "vit") else torch.zeros(2, dtype=torch.long)
         pm.before_training([{**x, "labels": labels}])
-    assert len(pm.adapter_context().layers()) >= (1 if method in ("fish_mask", "lt_sft", "diff_pruning") else 2)   # 0.5% of a tiny model may all lie in one tensor
+    assert len(pm.adapter_context().layers()) >= (1 if method in ("fish_mask", "lt_sft", "diff_pruning", "far", "spt") else 2)   # 0.5% of a tiny model may all lie in one tensor
     with torch.no_grad():
         if method != "diff_pruning": torch.testing.assert_close(pm(**x).logits, y0, atol=1e-6, rtol=0)   # every method starts at the base (diff pruning's second stage at its first stage's δ̂)
         with pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)

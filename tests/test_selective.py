@@ -305,7 +305,7 @@ def test_diff_pruning_and_fish_mask_side_by_side(tmp_path):
     data = [{"input_ids": X, "labels": Y}]
     pm = get_peft_model(tiny_bert(), DiffPruningConfig(density=0.05, search_steps=3, search_lr=1e-2, gate_lr=0.3), adapter_name="dp")
     pm.before_training(data)
-    pm.add_adapter("fish", FishMaskConfig(density=0.05)); pm.set_adapter("fish"); pm.before_training(data)
+    pm.add_adapter("fish", FishMaskConfig(density=0.05, target_modules=["query"])); pm.set_adapter("fish"); pm.before_training(data)
     _train(pm); pm.set_adapter("dp"); _train(pm)
     outs = {}
     with torch.no_grad():
@@ -319,3 +319,72 @@ def test_diff_pruning_and_fish_mask_side_by_side(tmp_path):
                                       (dict(search_steps=0), "search_steps must be"), (dict(beta=0.0), "beta must be positive"), (dict(density=2.0), "density must be")])
 def test_diff_pruning_bad_config(kw, match):
     with pytest.raises(ValueError, match=match): DiffPruningConfig(**kw)
+
+# --- FAR and SPT (nbs/33_chosen) ------------------------------------------------------------------------------------------
+from peft_notes.methods.reparameterized.lora import LoraLayer
+from peft_notes.methods.selective.chosen import FARConfig, SPTConfig, far_params, ffn_modules, sensitivity
+
+def _far(make, **kw):
+    pm = get_peft_model(make(), FARConfig(select_steps=3, select_lr=1e-2, **kw))
+    pm.before_training([{"input_ids": X, "labels": Y if make is tiny_bert else X}])
+    return pm
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_far_trains_whole_nodes_the_same_in_every_matrix_of_a_block(arch):
+    "Each block's chosen nodes are whole rows of the first matrices (GPT-2's Conv1D: columns), whole columns of the second, the same nodes in each, and their count is the formula's."
+    pm = _far(MODELS[arch])
+    layers = dict(pm.adapter_context().layers(SparseDeltaLayer))
+    blocks = ffn_modules(pm.get_base_model())
+    for mods in blocks.values():
+        node_sets = []
+        for n, role in [(n, "in") for n in mods["in"]] + [(n, "out") for n in mods["out"]]:
+            w = layers[n].base_layer.weight
+            mask = torch.zeros(w.numel(), dtype=torch.bool); mask[layers[n].sparse_index["default"]["weight"].long()] = True; mask = mask.view_as(w)
+            conv = arch == "gpt2"
+            axis = (0 if role == "in" else 1) ^ int(conv)
+            full = mask.all(1 - axis)                                        # whole rows (axis 0) / columns (axis 1)
+            assert torch.equal(full, mask.any(1 - axis))                      # nothing partial
+            node_sets.append(full.nonzero().flatten())
+        assert all(torch.equal(node_sets[0], s) for s in node_sets)
+    d, dff = {"bert": (32, 37), "llama": (32, 37), "gpt2": (32, 128)}[arch]
+    want = far_params(d, dff, 0.1, 2, bias=arch != "llama", gated=arch == "llama")
+    assert pm.trainable_report().trainable == want
+
+def test_far_without_known_feed_forward_names_is_refused():
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    pm = get_peft_model(base, FARConfig())
+    with pytest.raises(ValueError, match="no feed-forward names known"): pm.before_training([{"input": torch.randn(2, 4)}])
+
+def test_sensitivity_is_the_sum_of_batch_squared_gradients():
+    m = tiny_bert(); t = [m.bert.encoder.layer[0].intermediate.dense.weight]
+    b1, b2 = {"input_ids": X, "labels": Y}, {"input_ids": X.flip(0), "labels": Y.flip(0)}
+    s = sensitivity(m, [b1, b2], t, n_batches=2)[0]
+    want = sum(torch.autograd.grad(m.eval()(**b).loss, t)[0] ** 2 for b in (b1, b2))
+    assert torch.allclose(s, want, rtol=1e-5, atol=1e-12)
+
+def test_spt_mixes_loras_and_entries_and_reloads_exactly(tmp_path):
+    data = [{"input_ids": X, "labels": Y}]
+    pm = get_peft_model(tiny_bert(), SPTConfig(density=0.2, r=1, sensitivity_batches=1))
+    pm.before_training(data)
+    ctx = pm.adapter_context()
+    lora, sparse = [p for p, _ in ctx.layers(LoraLayer)], [p for p, _ in ctx.layers(SparseDeltaLayer)]
+    assert lora and sparse
+    _train(pm)
+    pm.save_adapter(tmp_path)
+    import json
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert sorted(cfg["lora_modules"]) == sorted(lora) and not any("base_layer" in k for k in cfg["pattern"])
+    back = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    with torch.no_grad(): assert torch.equal(back(input_ids=X).logits, pm(input_ids=X).logits)
+
+def test_a_sparse_delta_under_another_adapters_lora_saves_under_the_modules_own_path(tmp_path):
+    "FishMask on a model whose query already has a LoRA: its layer sits at `query.base_layer`, its pattern names `query`, and it loads into a fresh model."
+    from peft_notes.methods.reparameterized.lora import LoraConfig
+    pm = get_peft_model(tiny_bert(), LoraConfig(r=2), adapter_name="lora")
+    pm.add_adapter("fish", FishMaskConfig(density=0.05, target_modules=["query"])); pm.set_adapter("fish")
+    pm.before_training([{"input_ids": X, "labels": Y}])
+    assert any(p.endswith(".base_layer") for p, _ in pm.adapter_context().layers(SparseDeltaLayer))
+    _train(pm)
+    pm.save_adapter(tmp_path, "fish")
+    back = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    with torch.no_grad(): assert torch.equal(back(input_ids=X).logits, pm(input_ids=X).logits)

@@ -35,7 +35,8 @@ _LLAMA = dict(q=["q_proj"], k=["k_proj"], v=["v_proj"], o=["o_proj"], ffn_in=["g
 _FUSED = dict(q=["query_key_value"], k=["query_key_value"], v=["query_key_value"], o=["dense"], ffn_in=["dense_h_to_4h"], ffn_out=["dense_4h_to_h"])
 ROLES = { # where each part of a transformer block lives, by `config.model_type`, as target names (exact or dotted suffix)
     "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
-    "vit": {**_BERT, "q": ["query", "q_proj"], "k": ["key", "k_proj"], "v": ["value", "v_proj"]},   # transformers 5 renamed ViT's q/k/v
+    "vit": {**_BERT, "q": ["query", "q_proj"], "k": ["key", "k_proj"], "v": ["value", "v_proj"],   # transformers 5 renamed ViT's q/k/v
+            "ffn_in": ["intermediate.dense", "mlp.fc1"], "ffn_out": ["output.dense", "mlp.fc2"]},   # ... and its feed-forward
     "deberta-v2": {**_BERT, "q": ["query_proj"], "k": ["key_proj"], "v": ["value_proj"]},
     "distilbert": dict(q=["q_lin"], k=["k_lin"], v=["v_lin"], o=["out_lin"], ffn_in=["lin1"], ffn_out=["lin2"]),
     "gpt2": dict(q=["c_attn"], k=["c_attn"], v=["c_attn"], o=["attn.c_proj"], ffn_in=["mlp.c_fc"], ffn_out=["mlp.c_proj"]),  # one fused q/k/v Conv1D

@@ -10,7 +10,7 @@ __all__ = ['sparse_delta_bytes', 'check_indices', 'TensorDict', 'SparseDeltaLaye
 # %% ../../../nbs/32_unstructured.ipynb #a6c044e0
 from collections import defaultdict
 from dataclasses import dataclass
-import math
+import math, re
 from typing import ClassVar, Literal, Optional
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ class TensorDict(nn.Module):
     def __contains__(self, k:str)->bool: return k in self._buffers
     def keys(self): return self._buffers.keys()
     def items(self): return self._buffers.items()
+    def values(self): return self._buffers.values()
 
 # %% ../../../nbs/32_unstructured.ipynb #2337d5c5
 class SparseDeltaLayer(TensorDeltaLayer):
@@ -149,7 +150,9 @@ class SparseDeltaConfig(PeftConfig):
     def chosen(self, ctx)->bool: return bool(ctx.layers(SparseDeltaLayer))
 
     def saved_state(self, ctx)->dict:
-        return {"pattern": {f"{path}.{p}": len(i) for path, l in ctx.layers(SparseDeltaLayer) for p, i in l.sparse_index[ctx.name].items()}}
+        "The choice: each tensor's count, under the module's own path (a layer under other methods' layers sits at `<path>.base_layer...`)."
+        own = lambda path: re.sub(r"(\.base_layer)+$", "", path)
+        return {"pattern": {f"{own(path)}.{p}": len(i) for path, l in ctx.layers(SparseDeltaLayer) for p, i in l.sparse_index[ctx.name].items()}}
 
 # %% ../../../nbs/32_unstructured.ipynb #9a1c4aab
 @register_method("fish_mask")
