@@ -10,7 +10,11 @@ before the first step (sampled every 5 ms), and, deterministic, what training ho
 process's resident memory does not come back down after a method is done (which is why the `peak_rss_mb`
 of a sequential `compare` run only grows from row to row). Also reported: the median time of a training step after
 the first (`step_s`), measured in the same quiet process — the step-time column when a long `compare` ran beside
-other work.
+other work. A method that chooses its parameters from data (FishMask, LT-SFT, diff pruning, FAR, SPT) chooses first,
+on the same batch, as `fit` does: its time and resident-memory increase are reported apart (`select_s`,
+`select_rss_increase_mb`; the step counts of a priming run can be overridden, e.g. `lt_sft:select_steps=5`). After
+it, the allocator reuses the pages the choice freed, so that method's `rss_increase_mb` understates training
+memory: compare its deterministic columns (saved activations, gradients, optimizer state).
 """
 import argparse, json, statistics, subprocess, sys, time
 from pathlib import Path
@@ -26,9 +30,14 @@ def child(method, batch, seq, steps):
     name, _, spec = method.partition(":")                     # e.g. parallel_adapter:bottleneck=192 (a config override, as compare's --set)
     config = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in spec.split(";") if kv)}
     model, _ = build_model(name, 2, config=config or None)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = _batch(batch, seq, torch.device("cpu"))
     pm = model if isinstance(model, PeftModel) else None
+    select = {}
+    if pm:                                                     # a method that chooses what to train from data does it here, as fit does
+        before, t0 = _rss_mb(), time.perf_counter()
+        with PeakMemory(every=0.005) as sel: pm.before_training([x])
+        select = {"select_s": time.perf_counter() - t0, "select_rss_increase_mb": sel.peak - before}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     before = _rss_mb()
     times = []
@@ -42,7 +51,7 @@ def child(method, batch, seq, steps):
             if pm: pm.after_step(i, steps)
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"method": method, "rss_increase_mb": mem.peak - before, "step_s": statistics.median(times[1:] or times),
+    print(json.dumps({"method": method, "rss_increase_mb": mem.peak - before, "step_s": statistics.median(times[1:] or times), **select,
                       **tensor_bytes(model, opt, x), "provenance": provenance(sys.argv)}))
 
 def main(argv=None):
