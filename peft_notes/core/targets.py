@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LAYER_PATTERNS', 'ROLES', 'QV_TARGETS', 'HEAD_NAMES', 'match_name', 'layer_index', 'role_targets', 'head_names',
-           'candidate_modules', 'find_targets']
+           'outside_heads', 'candidate_modules', 'find_targets']
 
 # %% ../../nbs/00c_core_targets.ipynb #bfcc57fe
 import re
@@ -68,6 +68,11 @@ def head_names(model:nn.Module)->set:
     for n, m in model.named_modules():
         if (emb is not None and m is emb) or n.split(".")[0] in HEAD_NAMES: out.add(n)
     return out
+
+def outside_heads(model:nn.Module, names:list, also=())->list:
+    "The `names` that are neither a head of `model` nor inside one (nor one of the modules `also` names: e.g. `modules_to_save`)."
+    heads = head_names(model) | set(also or [])
+    return [n for n in names if not any(n == h or n.startswith(h + ".") for h in heads)]
 
 # %% ../../nbs/00c_core_targets.ipynb #f7a9883e
 def candidate_modules(model:nn.Module):

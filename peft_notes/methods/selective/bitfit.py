@@ -9,7 +9,7 @@ __all__ = ['bitfit_params', 'BitFitConfig']
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 from torch import nn
-from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, register_method, role_targets
+from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, outside_heads, register_method, role_targets
 
 # %% ../../../nbs/30_bitfit.ipynb #3c8221a4
 def bitfit_params(n_layers:int, d:int, d_ff:int, pooler:bool=True)->int:
@@ -34,8 +34,7 @@ class BitFitConfig(PeftConfig):
     def inject(self, ctx):
         "Wrap every module that owns a chosen bias; each gets a zero delta of that bias for this adapter."
         if self.target_modules is None and self.biases == "all":
-            heads = head_names(ctx.base) | set(self.modules_to_save or [])
-            names = [n for n, _ in candidate_modules(ctx.base) if not any(n == h or n.startswith(h + ".") for h in heads)]
+            names = outside_heads(ctx.base, [n for n, _ in candidate_modules(ctx.base)], self.modules_to_save)
         else: names = ctx.targets(types=(nn.Module,))
         owners = [n for n in names if _own_bias(ctx.module(n)) is not None]
         if not owners: raise ValueError(f"bitfit: none of the {len(names)} modules it looked at owns a bias")

@@ -14,7 +14,7 @@ import math, re
 from typing import ClassVar, Literal, Optional
 import torch
 from torch import nn
-from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, match_name, register_method
+from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, match_name, outside_heads, register_method
 from ...core.layer import base_of, train_dtype
 
 # %% ../../../nbs/32_unstructured.ipynb #967b8bb2
@@ -128,8 +128,8 @@ class SparseDeltaConfig(PeftConfig):
     def candidates(self, ctx)->list:
         "(module path, tensor name, tensor) the method may choose entries from: by default every tensor of a leaf module outside the head(s) and the embedding tables."
         if self.target_modules is None:
-            heads = head_names(ctx.base) | set(self.modules_to_save or [])
-            mods = [(n, base_of(m)) for n, m in candidate_modules(ctx.base) if not any(n == h or n.startswith(h + ".") for h in heads)]
+            keep = set(outside_heads(ctx.base, [n for n, _ in candidate_modules(ctx.base)], self.modules_to_save))
+            mods = [(n, base_of(m)) for n, m in candidate_modules(ctx.base) if n in keep]
             mods = [(n, m) for n, m in mods if not isinstance(m, nn.Embedding) and next(m.children(), None) is None]   # leaves: ViT's embeddings own tensors *and* modules
         else: mods = [(n, base_of(ctx.module(n))) for n in ctx.targets(types=(nn.Module,))]
         out = [(n, p, t) for n, m in mods if not match_name(n, self.exclude_modules) for p, t in m._parameters.items() if isinstance(t, nn.Parameter)]

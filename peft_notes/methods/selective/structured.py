@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 from fastcore.basics import patch
-from ...core import LAYER_PATTERNS, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, match_name, register_method
+from ...core import LAYER_PATTERNS, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, outside_heads, match_name, register_method
 from ...core.layer import base_of
 from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
 
@@ -32,10 +32,6 @@ def is_norm(m:nn.Module)->bool:
     m = base_of(m)
     return "norm" in type(m).__name__.lower() and isinstance(m._parameters.get("weight"), nn.Parameter)
 
-def _outside_heads(model:nn.Module, names:list, extra=())->list:
-    heads = head_names(model) | set(extra or [])
-    return [n for n in names if not any(n == h or n.startswith(h + ".") for h in heads)]
-
 @register_method("ln_tuning")
 @dataclass
 class LNTuningConfig(PeftConfig):
@@ -47,7 +43,7 @@ class LNTuningConfig(PeftConfig):
         "Wrap every norm (or the norms `target_modules` names); each gets a zero delta of its weight and bias for this adapter."
         if self.target_modules is None:
             mods = [(n, m) for n, m in candidate_modules(ctx.base) if is_norm(m)]
-            names = _outside_heads(ctx.base, [n for n, _ in mods if not match_name(n, self.exclude_modules)], self.modules_to_save)
+            names = outside_heads(ctx.base, [n for n, _ in mods if not match_name(n, self.exclude_modules)], self.modules_to_save)
             if self.layers_to_transform is not None:
                 keep = {self.layers_to_transform} if isinstance(self.layers_to_transform, int) else set(self.layers_to_transform)
                 names = [n for n in names if layer_index(n, self.layers_pattern) in keep]
@@ -118,7 +114,7 @@ class PartialConfig(PeftConfig):
         names = [n for n, _ in mods if (b := _block_of(n, self.layers_pattern)) is not None and b[1] in keep[b[0]]]
         if self.target_modules is not None or self.exclude_modules is not None:
             names = [n for n in names if (self.target_modules is None or match_name(n, self.target_modules)) and not match_name(n, self.exclude_modules)]
-        names = _outside_heads(ctx.base, names, self.modules_to_save)
+        names = outside_heads(ctx.base, names, self.modules_to_save)
         if not names: raise ValueError("partial: target_modules/exclude_modules left no module of the top blocks")
         for n in names:
             own = base_of(ctx.module(n))._parameters
@@ -149,7 +145,7 @@ class XattnTuningConfig(PeftConfig):
             parents = [n for n in parents if layer_index(n, self.layers_pattern) in keep]
         names = [n for n, m in mods if any(n == p or n.startswith(p + ".") for p in parents) and not match_name(n, self.exclude_modules)
                  and any(isinstance(t, nn.Parameter) for t in base_of(m)._parameters.values())]
-        names = _outside_heads(ctx.base, names, self.modules_to_save)
+        names = outside_heads(ctx.base, names, self.modules_to_save)
         if not names: raise ValueError(f"xattn_tuning: the modules {parents[:4]} own no tensor to train")
         for n in names:
             own = base_of(ctx.module(n))._parameters
