@@ -388,3 +388,57 @@ def test_a_sparse_delta_under_another_adapters_lora_saves_under_the_modules_own_
     pm.save_adapter(tmp_path, "fish")
     back = PeftModel.from_pretrained(tiny_bert(), tmp_path)
     with torch.no_grad(): assert torch.equal(back(input_ids=X).logits, pm(input_ids=X).logits)
+
+# --- every method of the family: outside its mask, the base is bit-identical after fit -----------------------------------
+import re as _re
+from peft_notes.methods.selective.sparse import LTSFTConfig as _LT, ChildTuningConfig as _CT
+
+FAMILY = {
+    "lt_sft": (lambda: _LT(density=0.05, select_steps=3, select_lr=1e-2), "bert"),
+    "child_tuning (task-free)": (lambda: _CT(density=0.5), "llama"),
+    "child_tuning (task-driven)": (lambda: _CT(mode="task_driven", density=0.05), "bert"),
+    "diff_pruning": (lambda: DiffPruningConfig(density=0.05, search_steps=3, search_lr=1e-2, gate_lr=0.3), "gpt2"),
+    "far": (lambda: FARConfig(select_steps=3, select_lr=1e-2), "llama"),
+    "spt": (lambda: SPTConfig(density=0.2, r=1, sensitivity_batches=1), "bert"),
+    "xattn_tuning": (lambda: XattnTuningConfig(), "t5"),
+    "ln_tuning": (lambda: LNTuningConfig(), "gpt2"),
+    "partial": (lambda: PartialConfig(), "bert"),
+    "bitfit": (lambda: BitFitConfig(), "gpt2")}
+
+def _mask(pm):
+    "{base state-dict key: bool mask of the entries the adapter may change}, from its layers."
+    out = {}
+    for path, layer in pm.adapter_context().layers():
+        own = _re.sub(r"(\.base_layer)+$", "", path)
+        if isinstance(layer, SparseDeltaLayer):
+            for p, i in layer.sparse_index["default"].items():
+                t = getattr(layer.base_layer, p); m = torch.zeros(t.numel(), dtype=torch.bool); m[i.long()] = True
+                out[f"{own}.{p}"] = out.get(f"{own}.{p}", torch.zeros_like(m.view_as(t))) | m.view_as(t)
+        elif isinstance(layer, LoraLayer): out[f"{own}.weight"] = torch.ones_like(layer.base_layer.weight, dtype=torch.bool)
+        elif isinstance(layer, TensorDeltaLayer):
+            for p in layer.base_delta["default"]: out[f"{own}.{p}"] = torch.ones_like(getattr(layer.base_layer, p), dtype=torch.bool)
+    return out
+
+@pytest.mark.parametrize("method", FAMILY)
+def test_outside_its_mask_the_base_is_untouched_after_fit_and_merge_changes_only_the_mask(method):
+    from torch.utils.data import DataLoader
+    from peft_notes.train import fit
+    make_cfg, arch = FAMILY[method]
+    make = ENC_DEC["t5"] if arch == "t5" else MODELS[arch]
+    x = _seq2seq_inputs(None) if arch == "t5" else {"input_ids": X}
+    labels = x["decoder_input_ids"] if arch == "t5" else (Y if arch == "bert" else X)
+    torch.manual_seed(0); base_sd = {k: v.clone() for k, v in make().state_dict().items()}
+    torch.manual_seed(0); pm = get_peft_model(make().eval(), make_cfg())
+    with torch.no_grad(): y0 = pm(**x).logits.clone()                    # nothing chosen or trained yet: the base
+    fit(pm, DataLoader([{**x, "labels": labels}] * 4, batch_size=None), epochs=1, lr=5e-2, progress=False)
+    pm.eval()
+    strip = lambda sd: {k.replace(".base_layer", ""): v for k, v in sd.items() if not _re.search(r"\.(sparse_values|sparse_index|base_delta|lora_A|lora_B)\.", k)}
+    now = strip(pm.get_base_model().state_dict())
+    assert set(now) == set(base_sd) and all(torch.equal(now[k], base_sd[k]) for k in base_sd)   # the whole state dict, bit for bit
+    with torch.no_grad(), pm.disable_adapter(): assert torch.equal(pm(**x).logits, y0)
+    mask = _mask(pm)
+    pm.merge_adapter()
+    merged = strip(pm.get_base_model().state_dict())
+    changed = {k: merged[k] != base_sd[k] for k in base_sd}
+    assert any(c.any() for c in changed.values())
+    assert all(not c.any() or (k in mask and not (c & ~mask[k]).any()) for k, c in changed.items())   # merged: only entries inside the mask moved
