@@ -26,6 +26,8 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "additive_bench_cpu.json": CORE + ["peft_notes/methods", "bench/additive_bench.py"],
     "sst2_additive.json": CORE + HARNESS + ["peft_notes/methods/additive"],
     "family_memory_additive_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
+    "sst2_selective.json": CORE + HARNESS + ["peft_notes/methods/selective"],
+    "family_memory_selective_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
 }
 
 def git(*args)->str:
