@@ -8,6 +8,7 @@ __all__ = ['far_params', 'ffn_modules', 'node_axis', 'node_entries', 'FARConfig'
 # %% ../../../nbs/33_chosen.ipynb #82e4769e
 from collections import defaultdict
 from dataclasses import dataclass
+import re
 from typing import ClassVar, Optional
 import torch
 from torch import nn
@@ -138,4 +139,4 @@ class SPTConfig(SparseDeltaConfig):
         for n in lora: ctx.wrap(n, layer_cls=LoraLayer)
 
     def saved_state(self, ctx)->dict:
-        return {**super().saved_state(ctx), "lora_modules": sorted(p for p, _ in ctx.layers(LoraLayer))}
+        return {**super().saved_state(ctx), "lora_modules": sorted(re.sub(r"(\.base_layer)+$", "", p) for p, _ in ctx.layers(LoraLayer))}   # the module's own path, under other methods' layers too
