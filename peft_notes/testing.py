@@ -38,7 +38,7 @@ def _check_train(pm, inputs, steps, lr):
     labels = torch.randint(0, z.shape[-1], z.shape[:-1], generator=torch.Generator().manual_seed(2))
     pm.before_training([{**inputs, "labels": labels}])   # a method that chooses its parameters from data (FishMask) does it now
     adapter = {id(p) for p in pm.adapter_state_dict().values() if isinstance(p, nn.Parameter)}  # buffers (PiSSA's A0, B0) are saved, not trained
-    if pm.active_adapter in pm.adapter_inputs: adapter |= {id(p) for p in pm.adapter_inputs[pm.active_adapter].parameters()}  # prefix tuning's MLP trains, unsaved
+    adapter |= {id(p) for p in pm.trained_unsaved()}   # trained, not saved as they are: prefix tuning's MLP, ProPETL's mask scores
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable, "no parameter requires grad after get_peft_model"
     assert {id(p) for p in trainable} == adapter, "the trainable parameters are not exactly the adapter's tensors"

@@ -49,13 +49,16 @@ REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("pasta", "bert"): "names no special token ids", ("pasta", "vit"): "names no special token ids", ("pasta", "qwen2"): "names no special token ids",   # these tiny configs name none: pass them
     ("pasta", "t5"): "no default target_modules for model type 't5'"} | {
     ("llama_adapter", n): "LLaMA-style attention" for n in ("bert", "roberta", "gpt2", "opt", "vit", "t5")} | {
-    ("xattn_tuning", n): "needs an encoder–decoder" for n in ARCHS if n != "t5"}
-INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt"}   # they change the inputs: something new to read from the start, no layers
+    ("xattn_tuning", n): "needs an encoder–decoder" for n in ARCHS if n != "t5"} | {
+    (m, "vit"): "no token embedding table" for m in ("unipelt", "mam")} | {(m, "t5"): "encoder-decoder" for m in ("unipelt", "mam")} | {
+    ("mam", "opt"): "no default target_modules for model type 'opt'"}   # its parallel adapter's
+INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam"}   # they change the inputs (the hybrids through their prefix): something new to read from the start
 
 @pytest.mark.parametrize("name", ARCHS)
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
                                     "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
-                                    "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt"])
+                                    "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
+                                    "unipelt", "mam", "propetl"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods

@@ -40,6 +40,7 @@ class AdapterLayer(nn.Module):
     "Wraps `base_layer`; holds named adapters and combines the active ones with its output."
     adapter_layer_names: tuple = () # attributes (ModuleDict/ParameterDict) that hold per-adapter weights
     other_param_names: tuple = ()   # attributes (plain dicts) with per-adapter settings, e.g. `scaling`
+    trained_unsaved: tuple = ()     # attributes (ModuleDict/ParameterDict) whose tensors train but are not saved: the file holds what they decide (ProPETL's scores -> its binary masks)
     wraps: tuple = (nn.Linear,)     # module types this layer can wrap
     mergeable: bool = True          # can an adapter be folded into the base weight?
     stack_bottom: bool = False      # in a stack of methods on one module, go directly around the module (deltas of its own tensors)
@@ -98,7 +99,7 @@ def set_active(self:AdapterLayer, names:list):
 def delete(self:AdapterLayer, name:str):
     "Remove adapter `name` from this layer (unmerging it first)."
     if name in self.merged_adapters: self.unmerge()
-    for attr in self.adapter_layer_names + self.other_param_names:
+    for attr in self.adapter_layer_names + self.other_param_names + self.trained_unsaved:
         d = getattr(self, attr)
         if name in d: del d[name]
     self.active_adapters = [n for n in self.active_adapters if n != name]

@@ -322,6 +322,16 @@ def _mark_trainable(self:PeftModel):
         for p in self.adapter_state_dict(name).values():
             if isinstance(p, nn.Parameter): p.requires_grad_(True)
         if name in self.adapter_inputs: self.adapter_inputs[name].requires_grad_(True)   # with what trains but is not saved (prefix tuning's MLP)
+        for p in self.trained_unsaved(name): p.requires_grad_(True)
+
+@patch
+def trained_unsaved(self:PeftModel, adapter_name:str=None)->list:
+    "Tensors of `adapter_name` that train but are not saved as they are: its layers' `trained_unsaved` (ProPETL's mask scores) and its inputs module's (prefix tuning's MLP)."
+    name = adapter_name or self.active_adapter
+    out = [getattr(l, a)[name] for _, l in self._layers() for a in l.trained_unsaved if name in getattr(l, a)]
+    ps = [p for m in out for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
+    if name in self.adapter_inputs: ps += list(self.adapter_inputs[name].parameters())
+    return ps
 
 @patch
 def set_adapter(self:PeftModel, adapter_name:Union[str, list]):
