@@ -13,7 +13,7 @@ all: test
 .venv/.installed: settings.ini setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev,examples]"
+	$(PY) -m pip install -q -e ".[dev,examples,search]"
 	touch $@
 
 venv: .venv/.installed

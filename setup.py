@@ -26,7 +26,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True, python_requires='>=' + cfg['min_python'],
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'), 'examples': reqs('examples_requirements')},
+    extras_require={'dev': reqs('dev_requirements'), 'examples': reqs('examples_requirements'), 'search': reqs('search_requirements')},
     entry_points={'console_scripts': cfg['console_scripts'].split(), 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )

@@ -58,7 +58,7 @@ INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xpr
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
                                     "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
                                     "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
-                                    "unipelt", "mam", "propetl"])
+                                    "unipelt", "mam", "propetl", "autopeft"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods

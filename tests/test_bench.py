@@ -60,3 +60,19 @@ def test_additive_bench_quick(tmp_path, root):
     assert all(v[0] > 0 for v in (*res["inference"].values(), *res["adapter_drop"].values()))
     assert res["trainable"]["houlsby, adapter_drop=3"] == res["trainable"]["houlsby"] // 2   # adapters in the upper half only
     assert "AdapterDrop (lower 3 of 6 blocks) / Houlsby, training step" in r.stdout
+
+def test_autopeft_search_tiny(tmp_path, root):
+    "bench/autopeft_search.py at a tiny budget on the shipped task: every trial is recorded with a loadable config, and the front is non-dominated."
+    out = tmp_path / "autopeft.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "autopeft_search.py"), "--task", "bbc", "--search-train", "32", "--search-valid", "32",
+                        "--trials", "3", "--startup", "3", "--max-length", "16", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    from peft_notes.core import PeftConfig
+    done = res["trials"]
+    assert 1 <= len(done) <= 3 and len(done) + res["pruned"] == 3
+    assert all(PeftConfig.from_dict(t["config"]).method == "autopeft" and t["params"] > 0 and 0 <= t["accuracy"] <= 1 for t in done)
+    front = res["front"]
+    assert front and all(not any(t["accuracy"] >= f["score"] and t["params"] <= f["params"] and (t["accuracy"] > f["score"] or t["params"] < f["params"])
+                                 for t in done) for f in front)
+    assert res["provenance"]["command"]

@@ -124,3 +124,28 @@ def test_bad_routing_is_refused(names, train, msg):
     pm = _two_loras().train(train)
     with pytest.raises(ValueError, match=msg.replace("(", "\\(").replace(")", "\\)").replace("[", "\\[").replace("]", "\\]")): pm(IDS, adapter_names=names)
     assert all(l.routing is None for _, l in pm.adapter_context().layers())
+
+# ---------------- a method inside a module another method wraps ----------------
+@pytest.mark.parametrize("order", [("parallel", "pfeiffer"), ("pfeiffer", "parallel")])
+def test_a_method_inside_a_module_another_wraps(order, tmp_path):
+    "BERT's parallel adapter wraps `output` (BertOutput), Pfeiffer's adapter the `output.dense` inside it: in either order both inject, save under the model's own names, reload exactly and unload to the base."
+    from peft_notes.methods.additive.adapters import ParallelAdapterConfig, PfeifferConfig
+    cfgs = {"parallel": ParallelAdapterConfig(bottleneck=4), "pfeiffer": PfeifferConfig(bottleneck=4)}
+    base = tiny_bert().eval()
+    with torch.no_grad(): y0 = base(IDS).logits.clone()
+    pm = get_peft_model(base, cfgs[order[0]], order[0]); pm.add_adapter(order[1], cfgs[order[1]]); pm.set_adapter(list(order))
+    pm = _nudge(pm, list(order))
+    for n in order:
+        keys = list(pm.adapter_state_dict(n))
+        assert keys and not any("base_layer" in k for k in keys), keys[:2]
+        pm.save_adapter(tmp_path / n, n)
+    back = PeftModel.from_pretrained(tiny_bert(), tmp_path / order[0], order[0]); back.load_adapter(tmp_path / order[1], order[1]); back.set_adapter(list(order))
+    with torch.no_grad():
+        y = pm(IDS).logits
+        assert not torch.allclose(y, y0) and torch.equal(back(IDS).logits, y)
+        solo = PeftModel.from_pretrained(tiny_bert(), tmp_path / "pfeiffer", "pfeiffer")     # and alone, into a model with no parallel adapter
+        pm.set_adapter("pfeiffer")
+        assert torch.equal(solo(IDS).logits, pm(IDS).logits)
+    plain = pm.unload()
+    assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
+    with torch.no_grad(): assert torch.equal(plain(IDS).logits, y0)

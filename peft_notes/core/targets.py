@@ -11,7 +11,7 @@ import re
 from typing import Optional
 from torch import nn
 from .config import PeftConfig, _short_list
-from .layer import AdapterLayer, ModulesToSave
+from .layer import AdapterLayer, ModulesToSave, base_of
 
 # %% ../../nbs/00c_core_targets.ipynb #f5707cb7
 def match_name(name:str, spec)->bool:
@@ -76,12 +76,13 @@ def outside_heads(model:nn.Module, names:list, also=())->list:
 
 # %% ../../nbs/00c_core_targets.ipynb #f7a9883e
 def candidate_modules(model:nn.Module):
-    "(name, module) pairs, not descending into adapter layers (their insides are not targets)."
+    "(name, module) pairs by the model's own names: an adapter layer stands for the module it wraps, whose children are still targets (a head copied in full is not searched)."
     def walk(m, prefix):
         for n, c in m.named_children():
             full = f"{prefix}.{n}" if prefix else n
             yield full, c
             if not isinstance(c, AdapterLayer): yield from walk(c, full)
+            elif not isinstance(c, ModulesToSave): yield from walk(base_of(c), full)   # BERT's `output` wrapped by one method, its `output.dense` by another
     yield from walk(model, "")
 
 def _wrappable(m, types_ok)->bool:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from ...core import ROLES, AdapterLayer, candidate_modules, match_name, register_method
-from ...core.layer import base_of
+from ...core.layer import base_of, module_path
 from ..reparameterized.lora import LoraLayer
 from .sparse import SparseDeltaConfig, SparseDeltaLayer, movement, top_k_entries
 from .structured import _block_of
@@ -139,4 +139,4 @@ class SPTConfig(SparseDeltaConfig):
         for n in lora: ctx.wrap(n, layer_cls=LoraLayer)
 
     def saved_state(self, ctx)->dict:
-        return {**super().saved_state(ctx), "lora_modules": sorted(re.sub(r"(\.base_layer)+$", "", p) for p, _ in ctx.layers(LoraLayer))}   # the module's own path, under other methods' layers too
+        return {**super().saved_state(ctx), "lora_modules": sorted(module_path(p) for p, _ in ctx.layers(LoraLayer))}   # the module's own path, under other methods' layers too

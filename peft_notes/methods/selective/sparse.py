@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, Optional
 import torch
 from torch import nn
 from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, match_name, outside_heads, register_method
-from ...core.layer import base_of, train_dtype
+from ...core.layer import base_of, module_path, train_dtype
 
 # %% ../../../nbs/32_unstructured.ipynb #967b8bb2
 def sparse_delta_bytes(n_entries:int, density:float, value_bytes:int=4, index_bytes:int=4)->int:
@@ -151,7 +151,7 @@ class SparseDeltaConfig(PeftConfig):
 
     def saved_state(self, ctx)->dict:
         "The choice: each tensor's count, under the module's own path (a layer under other methods' layers sits at `<path>.base_layer...`)."
-        own = lambda path: re.sub(r"(\.base_layer)+$", "", path)
+        own = module_path
         return {"pattern": {f"{own(path)}.{p}": len(i) for path, l in ctx.layers(SparseDeltaLayer) for p, i in l.sparse_index[ctx.name].items()}}
 
 # %% ../../../nbs/32_unstructured.ipynb #9a1c4aab
