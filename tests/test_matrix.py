@@ -14,10 +14,10 @@ def tiny_qwen2():
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
-           "unipelt", "mam", "propetl", "autopeft"]
+           "unipelt", "mam", "propetl", "autopeft", "s4"]
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
-INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "autopeft"}   # change the inputs (the hybrids: through their prefix): not the base at init, not mergeable, no mixed batch (rows of different lengths)
+INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "autopeft", "s4"}   # change the inputs (the hybrids: through their prefix): not the base at init, not mergeable, no mixed batch (rows of different lengths)
 
 def tiny_t5():
     "An encoder–decoder, for the method that adapts only the cross-attention."
@@ -38,6 +38,7 @@ CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_sa
           **{("far", a): lambda: list_methods()["far"](select_steps=5, select_lr=1e-2) for a in ("bert", "llama", "gpt2")},
           **{("spt", a): lambda: list_methods()["spt"](density=0.2, r=1) for a in ("bert", "llama", "gpt2")},   # 20%, rank 1: some matrices get a LoRA, some keep entries
           **{("autopeft", a): lambda: list_methods()["autopeft"](serial_size=4, parallel_size=4, prefix_length=3, layers_to_transform=[1]) for a in ("bert", "llama", "gpt2")},   # its default chooses nothing
+          ("s4", "llama"): lambda: list_methods()["s4"](strategies=["AL", "AP", "AP", "PL"]),   # LLaMA has no bias for BitFit
           **{("lt_sft", a): lambda: list_methods()["lt_sft"](density=0.05, select_steps=5, select_lr=1e-2) for a in ("bert", "llama", "gpt2")}}   # 0.5% of a tiny model is a handful of entries
 REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention",
            **{("xattn_tuning", a): "needs an encoder–decoder" for a in ("bert", "llama", "gpt2")}}   # its matrix runs on T5 and BART: tests/test_selective.py

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['unipelt_params', 'mam_params', 'HybridConfig', 'gate_linear', 'sigmoid_gate', 'GatedLoraLayer', 'GatedLoraPart',
-           'GatedBottleneckLayer', 'GatedAdapterPart', 'GatedPrefixCache', 'attention_modules', 'is_causal',
-           'InputGatedPrefix', 'GatedPrefixPart', 'UniPELTConfig', 'MAMConfig']
+           'GatedBottleneckLayer', 'GatedAdapterPart', 'GatedPrefixCache', 'attention_modules', 'tap_attention',
+           'is_causal', 'InputGatedPrefix', 'GatedPrefixPart', 'UniPELTConfig', 'MAMConfig']
 
 # %% ../../../nbs/40_hybrid.ipynb #e9b64f19
 import math
@@ -36,8 +36,8 @@ _SHARED = ("exclude_modules", "layers_to_transform", "layers_pattern")
 @dataclass
 class HybridConfig(PeftConfig):
     "A method made of other methods' configs (its parts), all under one adapter name; each part injects as it would alone."
-    def parts(self)->list[PeftConfig]:
-        "The parts' configs, in the order they are injected; a subclass builds them from its fields."
+    def parts(self, model:nn.Module=None)->list[PeftConfig]:
+        "The parts' configs, in the order they are injected; a subclass builds them from its fields (and the model, when a part's size depends on it)."
         raise NotImplementedError
 
     def validate(self):
@@ -45,19 +45,19 @@ class HybridConfig(PeftConfig):
         if self.target_modules is not None:
             own = [f.name for f in fields(self) if f.name.endswith("_modules") and f.name not in ("target_modules", "exclude_modules", "modules_to_save")]
             raise ValueError(f"{type(self).__name__} places several parts: name each part's modules in its own field ({', '.join(own)}), not target_modules")
-        if type(self).parts is not HybridConfig.parts: self.parts()   # each part checks its own fields now
+        if type(self).parts is not HybridConfig.parts: self.parts()   # each part checks its own fields now (those that need the model, at injection)
 
     def shared_fields(self)->dict:
         "What every part takes from the hybrid: which layers."
         return {k: getattr(self, k) for k in _SHARED}
 
     def inject(self, ctx):
-        for p in self.parts(): p.inject(AdapterContext(ctx.model, ctx.name, p))
+        for p in self.parts(ctx.base): p.inject(AdapterContext(ctx.model, ctx.name, p))
 
     def saved_state(self, ctx)->dict:
         "What the parts' own `saved_state` would write, for the fields the hybrid has under the same name."
         own, out = {f.name for f in fields(self)}, {}
-        for p in self.parts(): out.update({k: v for k, v in p.saved_state(AdapterContext(ctx.model, ctx.name, p)).items() if k in own})
+        for p in self.parts(ctx.base): out.update({k: v for k, v in p.saved_state(AdapterContext(ctx.model, ctx.name, p)).items() if k in own})
         return out
 
 # %% ../../../nbs/40_hybrid.ipynb #d6fddf1a
@@ -127,6 +127,10 @@ class GatedPrefixCache(DynamicCache):
         self.owner, self.n, self.causal, self.mask = owner, n, causal, mask   # owner: the InputGatedPrefix that computes gates
         self.inputs, self.gates = {}, {}     # layer -> its input in this call (the tap sets it); layer -> (B,) gate
 
+    def before_attention(self, module, args, kwargs):
+        "Called by the tap before attention module `module` runs with this cache: keep its input for the gate."
+        self.inputs[module.layer_idx] = layer_input(args, kwargs)
+
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         x = self.inputs.pop(layer_idx, None)
@@ -137,9 +141,9 @@ class GatedPrefixCache(DynamicCache):
         return torch.cat([keys[:, :, :l] * g, keys[:, :, l:]], 2), torch.cat([values[:, :, :l] * g, values[:, :, l:]], 2)
 
 def _tap(module, args, kwargs):
-    "Forward pre-hook on an attention module: hand its input to the gated prefix cache it is called with, if it is one."
+    "Forward pre-hook on an attention module: a cache that has a `before_attention` sees the call first (and may change it)."
     c = kwargs.get("cache", kwargs.get("past_key_values"))
-    if isinstance(c, GatedPrefixCache): c.inputs[module.layer_idx] = layer_input(args, kwargs)
+    if hasattr(c, "before_attention"): return c.before_attention(module, args, kwargs)
 
 # %% ../../../nbs/40_hybrid.ipynb #286861d4
 def attention_modules(model:nn.Module)->list:
@@ -147,6 +151,11 @@ def attention_modules(model:nn.Module)->list:
     mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
     if not mods: raise ValueError(f"{type(model).__name__} has no attention module with a layer_idx: a gated prefix cannot find its layers")
     return mods
+
+def tap_attention(model:nn.Module):
+    "Put the tap on every attention module of `model` (once): from then on a prefix cache can act per layer."
+    for m in attention_modules(model):
+        if _tap not in m._forward_pre_hooks.values(): m.register_forward_pre_hook(_tap, with_kwargs=True)
 
 def is_causal(model:nn.Module)->bool:
     "Do the model's attention modules mask future positions (a decoder-only LM)?"
@@ -192,8 +201,7 @@ class GatedPrefixPart(PrefixTuningConfig):
         t, base = ctx.inputs.prompt_embeddings, ctx.base
         L, _, _ = kv_geometry(base)
         ctx.set_inputs(InputGatedPrefix(t.detach(), L, base.config.hidden_size, is_causal(base)).to(t.device))
-        for m in attention_modules(base):
-            if _tap not in m._forward_pre_hooks.values(): m.register_forward_pre_hook(_tap, with_kwargs=True)
+        tap_attention(base)
 
 # %% ../../../nbs/40_hybrid.ipynb #108794f1
 @register_method("unipelt")
@@ -216,7 +224,7 @@ class UniPELTConfig(HybridConfig):
             raise ValueError(f"UniPELTConfig.submodules must be distinct names among 'lora', 'prefix', 'adapter', got {self.submodules!r}")
         super().validate()
 
-    def parts(self):
+    def parts(self, model=None):
         sh, out = self.shared_fields(), []
         if "lora" in self.submodules:
             out.append(GatedLoraPart(r=self.r, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=self.lora_modules, **sh))
@@ -239,7 +247,7 @@ class MAMConfig(HybridConfig):
     non_linearity: str = "relu"
     adapter_modules: Optional[Union[list[str], str]] = None # the adapter's targets; None: the feed-forward block
 
-    def parts(self):
+    def parts(self, model=None):
         return [PrefixTuningConfig(num_virtual_tokens=self.num_virtual_tokens, prefix_projection=self.prefix_projection),
                 ParallelAdapterConfig(bottleneck=self.bottleneck, reduction_factor=self.reduction_factor, scaling=self.scaling,
                                       non_linearity=self.non_linearity, target_modules=self.adapter_modules, **self.shared_fields())]

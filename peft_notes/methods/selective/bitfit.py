@@ -9,7 +9,7 @@ __all__ = ['bitfit_params', 'BitFitConfig']
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 from torch import nn
-from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, outside_heads, register_method, role_targets
+from ...core import AdapterLayer, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, outside_heads, register_method, role_targets
 
 # %% ../../../nbs/30_bitfit.ipynb #3c8221a4
 def bitfit_params(n_layers:int, d:int, d_ff:int, pooler:bool=True)->int:
@@ -35,6 +35,9 @@ class BitFitConfig(PeftConfig):
         "Wrap every module that owns a chosen bias; each gets a zero delta of that bias for this adapter."
         if self.target_modules is None and self.biases == "all":
             names = outside_heads(ctx.base, [n for n, _ in candidate_modules(ctx.base)], self.modules_to_save)
+            if self.layers_to_transform is not None:   # only the named blocks' biases (a hybrid gives BitFit to some blocks)
+                keep = {self.layers_to_transform} if isinstance(self.layers_to_transform, int) else set(self.layers_to_transform)
+                names = [n for n in names if layer_index(n, self.layers_pattern) in keep]
         else: names = ctx.targets(types=(nn.Module,))
         owners = [n for n in names if _own_bias(ctx.module(n)) is not None]
         if not owners: raise ValueError(f"bitfit: none of the {len(names)} modules it looked at owns a bias")
