@@ -28,6 +28,7 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "family_memory_additive_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
     "sst2_selective.json": CORE + HARNESS + ["peft_notes/methods/selective"],
     "family_memory_selective_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
+    "sst2_hybrid.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive"],
 }
 
 def git(*args)->str:
