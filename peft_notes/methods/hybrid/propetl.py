@@ -15,6 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
 from ...core.layer import base_of, train_dtype
+from ..reparameterized.lora import init_lora
 
 # %% ../../../nbs/41_propetl.ipynb #6a09e3d4
 def propetl_sizes(n_layers:int, d_in:int, d_out:int, r:int=8, n_roles:int=1)->dict:
@@ -53,8 +54,8 @@ class Prototype(nn.Module):
     def __init__(self, r:int, d_in:int, d_out:int, device=None, dtype=None):
         super().__init__()
         self.A = nn.Parameter(torch.empty(r, d_in, device=device, dtype=dtype))
-        self.B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.empty(d_out, r, device=device, dtype=dtype))
+        init_lora(self.A, self.B)   # the LoRA chapter's init: A as nn.Linear, B = 0
 
 class MaskBits(nn.Module):
     "One layer's two binary masks, packed: buffers, saved with the adapter, never trained."
