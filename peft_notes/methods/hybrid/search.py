@@ -127,19 +127,24 @@ class LayerPrefix(Prefix):
     def __init__(self, lengths:list, width:int):   # width: 2·H_kv·d_h, one layer's keys and values
         nn.Module.__init__(self)
         self.lengths = list(lengths)
+        self.active = None   # the rows each layer's queries see (None: all of its table); NOAH's supernet samples them
         self.prefix_tables = nn.ParameterDict({str(i): nn.Parameter(torch.randn(l, width)) for i, l in enumerate(lengths) if l})
 
     def table(self)->torch.Tensor:
-        "The (l_max, 2·L·H_kv·d_h) table the prefix chapter's cache reads: each layer's rows, padded with zeros."
-        n, ref = max(self.lengths), next(iter(self.prefix_tables.values()))
-        rows = [self.prefix_tables[str(i)] if l else ref.new_zeros(0, ref.shape[1]) for i, l in enumerate(self.lengths)]
+        "The (n, 2·L·H_kv·d_h) table the prefix chapter's cache reads: each layer's first n rows, padded with zeros (n: the longest length, or active length)."
+        n, ref = max(self.lengths if self.active is None else self.active), next(iter(self.prefix_tables.values()))
+        rows = [self.prefix_tables[str(i)][:n] if l else ref.new_zeros(0, ref.shape[1]) for i, l in enumerate(self.lengths)]
         return torch.stack([torch.cat([r, ref.new_zeros(n - r.shape[0], ref.shape[1])]) for r in rows], 1).reshape(n, -1)
 
     def saved_tensors(self): return dict(self.named_parameters())
 
+    def prepare(self, model, inputs):
+        if self.active is not None and not any(self.active): return dict(inputs)   # no layer sees a row: no prefix at all
+        return super().prepare(model, inputs)
+
     def cache(self, model, batch_size):
         plain = super().cache(model, batch_size)
-        c = LayerPrefixCache(self.lengths, config=model.config)
+        c = LayerPrefixCache(self.lengths if self.active is None else self.active, config=model.config)
         for i, layer in enumerate(plain.layers): c.update(layer.keys, layer.values, i)
         return c
 
