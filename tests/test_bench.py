@@ -76,3 +76,30 @@ def test_autopeft_search_tiny(tmp_path, root):
     assert front and all(not any(t["accuracy"] >= f["score"] and t["params"] <= f["params"] and (t["accuracy"] > f["score"] or t["params"] < f["params"])
                                  for t in done) for f in front)
     assert res["provenance"]["command"]
+
+def test_noah_search_tiny(tmp_path, root):
+    "bench/noah_search.py at a tiny budget on the shipped task: the sub-networks scored keep the limit, each is scored once, and the one found is the best scored."
+    out = tmp_path / "noah.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "noah_search.py"), "--task", "bbc", "--train-size", "32", "--search-valid", "32", "--epochs", "1",
+                        "--choices", "0,2,4", "--limit", "20000", "--population", "3", "--generations", "2", "--parents", "2", "--max-length", "16",
+                        "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    seen = [(h["adapter"], h["lora"], h["prompt"]) for h in res["history"]]
+    assert len(seen) == 6 and len({str(s) for s in seen}) == 6 and all(h["params"] <= 20000 for h in res["history"])
+    assert res["best_supernet_accuracy"] == max(h["score"] for h in res["history"]) and res["best_params"] <= 20000
+    from peft_notes.methods.hybrid.noah import NOAHConfig
+    NOAHConfig(adapter_sizes=res["best"]["adapter"], lora_ranks=res["best"]["lora"], prompt_lengths=res["best"]["prompt"])   # a valid config
+    assert "--methods noah" in res["retrain_command"] and res["provenance"]["command"]
+
+def test_s4_search_tiny(tmp_path, root):
+    "bench/s4_search.py at a tiny budget on the shipped task: stage one scores every grouping pattern, stage two each group's candidates, and the design found is an S4Config."
+    out = tmp_path / "s4.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "s4_search.py"), "--task", "bbc", "--search-train", "32", "--search-valid", "32", "--epochs", "1",
+                        "--k", "1", "--candidates", "1", "--max-length", "16", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    from peft_notes.methods.hybrid.search import GROUPINGS, S4Config
+    assert [m["grouping"] for m in res["models"][:5]] == list(GROUPINGS) and len(res["models"]) == 5 + 4
+    S4Config(grouping=res["grouping"], strategies=res["strategies"])
+    assert res["grouping"] == max(res["pattern_means"], key=res["pattern_means"].get) and "--methods s4" in res["train_command"]
