@@ -163,13 +163,15 @@ def routed_forward(self:AdapterLayer, args:tuple, kwargs:dict):
             if x_in is x: x_in = x.clone()
             x_in[idx] = changed
     if x_in is not x: args, kwargs = with_input(args, kwargs, x_in)
-    result = out = self.base_layer(*args, **kwargs)
+    result, rest = self.base_layer(*args, **kwargs), None
+    if isinstance(result, tuple): result, rest = result[0], result[1:]   # (output, attention weights): the output is routed
+    out = result
     for n, idx in groups.items():
         sub = result[idx]; changed = self.combine(x[idx], sub, n)
         if changed is not sub:
             if out is result: out = result.clone()
             out[idx] = changed
-    return out
+    return out if rest is None else (out,) + rest
 
 # %% ../../nbs/00b_core_layer.ipynb #19621768
 class ModulesToSave(AdapterLayer):
