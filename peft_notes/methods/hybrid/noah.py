@@ -82,7 +82,7 @@ class NOAHSupernetConfig(HybridConfig):
     lora_choices: list[int] = field(default_factory=lambda: [0, 5, 10, 25, 50]) # LoRA ranks
     prompt_choices: list[int] = field(default_factory=lambda: [0, 5, 10, 25, 50]) # prompt lengths
     lora_scaling: float = 2.0
-    seed: int = 0 # the subnets sampled in training: step t draws from random.Random((seed, t))
+    seed: int = 0 # the subnets sampled in training: step t draws from random.Random(f"{seed}-{t}")
 
     def validate(self):
         for k in KINDS:
@@ -127,11 +127,11 @@ def set_subnet(model, subnet:Optional[dict], adapter_name:str=None):
 
 # %% ../../../nbs/43_noah.ipynb #02161d30
 @torch.no_grad()
-def inherit_subnet(supernet, subnet, adapter_name:str=None):
+def inherit_subnet(supernet, subnet):
     "Copy into `subnet` (a NOAHConfig model) the supernet's weights for it: each tensor the first rows/columns of the supernet's (AutoFormer's weight inheritance)."
     big = {re.sub(r"\.parametrizations\.(\w+)\.original$", r".\1", n): p for n, p in supernet.named_parameters()}
     for n, p in subnet.named_parameters():
-        if not p.requires_grad or "classifier" in n and n not in big: continue
+        if not p.requires_grad or (n not in big and "classifier" in n): continue   # frozen, or a head the supernet did not train
         if n not in big: raise KeyError(f"{n}: the supernet has no such tensor; is it the same model and adapter name?")
         if any(a > b for a, b in zip(p.shape, big[n].shape)): raise ValueError(f"{n}: the subnet's {tuple(p.shape)} does not fit in the supernet's {tuple(big[n].shape)}")
         p.copy_(big[n][tuple(slice(0, k) for k in p.shape)])
