@@ -62,3 +62,24 @@ def test_compacter_rules_are_shared_trained_and_saved(tmp_path):
     with torch.no_grad(): assert torch.equal(loaded(input_ids=x).logits, y)
     assert not any(p.requires_grad for p in loaded.parameters())                         # the rules too, in inference mode
 
+
+def test_an_adapter_on_a_module_that_returns_a_tuple():
+    "LLaMA's attention returns (output, attention weights): a parallel adapter beside it changes the output only, alone and in a mixed batch."
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), ParallelAdapterConfig(bottleneck=4, target_modules=["self_attn"]), adapter_name="a")
+    pm.add_adapter("b", ParallelAdapterConfig(bottleneck=4, target_modules=["self_attn"]))
+    for n, p in pm.named_parameters():
+        if ".adapter." in n: torch.nn.init.normal_(p, std=0.5)              # off the zero init, so each adapter changes the output
+    pm.eval(); attn, seen = pm.base_model.model.layers[0].self_attn, []
+    assert isinstance(attn, BottleneckLayer)
+    attn.register_forward_hook(lambda m, a, out: seen.append(out))
+    ids = torch.randint(0, 99, (3, 7))
+    with torch.no_grad():
+        with pm.disable_adapter(): base = pm(input_ids=ids).logits
+        alone = {}
+        for n in ("a", "b"): pm.set_adapter(n); alone[n] = pm(input_ids=ids).logits
+        mixed = pm(input_ids=ids, adapter_names=["a", "b", "__base__"]).logits
+    assert all(isinstance(o, tuple) and len(o) == len(seen[0]) for o in seen)       # the tuple's shape is kept
+    assert all(torch.equal(o[1], seen[0][1]) if o[1] is not None else seen[0][1] is None for o in seen)   # its tail passed on
+    assert (alone["a"] - base).abs().max() > 1e-3 and (alone["a"] - alone["b"]).abs().max() > 1e-3
+    for i, want in enumerate([alone["a"][0], alone["b"][1], base[2]]): torch.testing.assert_close(mixed[i], want, atol=1e-5, rtol=1e-5)

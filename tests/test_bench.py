@@ -100,6 +100,8 @@ def test_s4_search_tiny(tmp_path, root):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     from peft_notes.methods.hybrid.search import GROUPINGS, S4Config
-    assert [m["grouping"] for m in res["models"][:5]] == list(GROUPINGS) and len(res["models"]) == 5 + 4
+    assert [m["grouping"] for m in res["models"][:5]] == list(GROUPINGS) and len(res["history"]) == 5 + 4
+    designs = [(m["grouping"], tuple(m["strategies"])) for m in res["models"]]
+    assert len(designs) == len(set(designs)) == len({(h["grouping"], tuple(h["strategies"])) for h in res["history"]})   # each design trained once
     S4Config(grouping=res["grouping"], strategies=res["strategies"])
     assert res["grouping"] == max(res["pattern_means"], key=res["pattern_means"].get) and "--methods s4" in res["train_command"]

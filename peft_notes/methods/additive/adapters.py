@@ -65,7 +65,6 @@ class BottleneckLayer(AdapterLayer):
     def run(self, name:str, h): a = self.adapter[name]; return a(h.to(a.down.bias.dtype)).to(h.dtype)
 
     def combine(self, x, result, name:str):
-        if isinstance(result, tuple): return (self.combine(x, result[0], name),) + result[1:]   # (output, attention weights): LLaMA's self_attn
         if self.placement[name] == "serial": return result + self.run(name, result)     # h + A(h)
         if self.placement[name] == "parallel": return result + self.run(name, x)        # f(x) + A(x)
         return result                                                                    # residual: added in forward

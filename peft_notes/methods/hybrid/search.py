@@ -214,11 +214,12 @@ def s4_search(objective:Callable, # config -> score to maximise
               letters:str=STRATEGIES, seed:int=0, **fixed)->dict:
     "S⁴'s search, one dimension at a time: the grouping pattern (mean of k random-strategy models each), then each group's strategies, greedily."
     import itertools, random
-    rng, history = random.Random(seed), []
+    rng, history, scored = random.Random(seed), [], {}
     sets = ["".join(c) for n in range(1, len(letters) + 1) for c in itertools.combinations(letters, n)]
     def run(stage, grouping, strategies):
-        score = objective(S4Config(grouping=grouping, strategies=list(strategies), **fixed))
-        history.append({"stage": stage, "grouping": grouping, "strategies": list(strategies), "score": score}); return score
+        key = (grouping, tuple(strategies))            # a design met again (a group's current set drawn as a candidate) keeps its score
+        if key not in scored: scored[key] = objective(S4Config(grouping=grouping, strategies=list(strategies), **fixed))
+        history.append({"stage": stage, "grouping": grouping, "strategies": list(strategies), "score": scored[key]}); return scored[key]
     means = {p: sum(run("grouping", p, [rng.choice(sets) for _ in range(4)]) for _ in range(k)) / k for p in GROUPINGS}
     grouping, current = max(means, key=means.get), [letters] * 4
     for g, size in enumerate(group_sizes(grouping, n_layers)):
@@ -226,5 +227,5 @@ def s4_search(objective:Callable, # config -> score to maximise
         tried = sets if candidates is None else rng.sample(sets, min(candidates, len(sets)))
         scores = {s: run(f"group {g + 1}", grouping, current[:g] + [s] + current[g + 1:]) for s in tried}
         current[g] = max(scores, key=scores.get)
-    return {"grouping": grouping, "strategies": current, "pattern_means": means, "history": history,
+    return {"grouping": grouping, "strategies": current, "pattern_means": means, "history": history, "models": len(scored),
             "config": S4Config(grouping=grouping, strategies=current, **fixed)}
