@@ -149,3 +149,22 @@ def test_a_method_inside_a_module_another_wraps(order, tmp_path):
     plain = pm.unload()
     assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
     with torch.no_grad(): assert torch.equal(plain(IDS).logits, y0)
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
+def test_the_attention_tap_comes_off_with_the_last_adapter_that_uses_it(make):
+    "UniPELT's gated prefix and S⁴'s layer prefix hook every attention module once; the hooks go with the last adapter using them, and unload leaves none."
+    from peft_notes.methods.hybrid.combined import UniPELTConfig, attention_modules
+    from peft_notes.methods.hybrid.search import S4Config
+    base = make(); hooks = lambda: sum(len(m._forward_pre_hooks) for m in base.modules())
+    ids = torch.randint(3, 99, (2, 6))
+    with torch.no_grad(): ref = base(input_ids=ids).logits
+    before, n = hooks(), len(attention_modules(base))
+    pm = get_peft_model(base, UniPELTConfig(), adapter_name="u")
+    assert hooks() == before + n
+    pm.add_adapter("s", S4Config(strategies=["P", "P", "P", "P"])); assert hooks() == before + n   # one tap, shared
+    pm.delete_adapter("u"); assert hooks() == before + n                                          # "s" still reads it
+    pm.add_adapter("l", LoraConfig()); pm.delete_adapter("s"); assert hooks() == before
+    pm.add_adapter("u2", UniPELTConfig()); assert hooks() == before + n
+    plain = pm.unload()
+    assert plain is base and hooks() == before
+    with torch.no_grad(): torch.testing.assert_close(plain(input_ids=ids).logits, ref, atol=0, rtol=0)

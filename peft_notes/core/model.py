@@ -48,6 +48,7 @@ class PeftModel(nn.Module):
         self.adapter_shared = nn.ModuleDict()  # adapter name -> tensors its layers share (VeRA's frozen pair, Compacter's trained rules), saved as base_model.<name>
         self.adapter_inputs = nn.ModuleDict()  # adapter name -> its InputsAdapter (soft prompts, prefixes): the inputs chain
         self._inputs_off = False
+        self._base_hooks = {}                  # (module id, hook) -> [handle, adapters using it]: hooks methods put on base modules (`AdapterContext.pre_hook`)
         self.active_adapters: list[str] = [adapter_name]
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)
@@ -216,6 +217,11 @@ class AdapterContext:
 
     def module(self, path:str)->nn.Module: return resolve(self.base, path)
     def replace(self, path:str, new:nn.Module): _replace(self.base, path, new)
+    def pre_hook(self, module:nn.Module, hook):
+        "Put forward pre-hook `hook` (it gets the call's kwargs) on base module `module`, once for the whole model; it comes off with the last adapter that asked for it."
+        held = self.model._base_hooks.setdefault((id(module), hook), [None, set()])
+        if held[0] is None: held[0] = module.register_forward_pre_hook(hook, with_kwargs=True)
+        held[1].add(self.name)
 
     def wrap(self, path:str, layer_cls:type=None, **kw)->AdapterLayer:
         "Add this adapter to the `layer_cls` (default: the config's) layer at `path`, wrapping it — on top of any other methods' layers there — if it has none."
@@ -289,6 +295,9 @@ def _remove_adapter_modules(self:PeftModel, name:str):
         if not layer.adapter_names: _replace(self.base_model, path, layer.base_layer)
     if name in self.adapter_shared: del self.adapter_shared[name]
     if name in self.adapter_inputs: del self.adapter_inputs[name]
+    for key, (handle, users) in list(self._base_hooks.items()):
+        users.discard(name)
+        if not users: handle.remove(); del self._base_hooks[key]
 
 @patch
 def _restore_requires_grad(self:PeftModel):
@@ -454,6 +463,8 @@ def _unwrap(self:PeftModel, merge:bool, safe_merge=False, adapter_names=None)->n
         _replace(self.base_model, path, keep)
     self._restore_requires_grad()
     self.peft_config = {}; self.adapter_inputs = nn.ModuleDict()
+    for handle, _ in self._base_hooks.values(): handle.remove()
+    self._base_hooks.clear()
     return self.base_model
 
 @patch

@@ -152,10 +152,9 @@ def attention_modules(model:nn.Module)->list:
     if not mods: raise ValueError(f"{type(model).__name__} has no attention module with a layer_idx: a gated prefix cannot find its layers")
     return mods
 
-def tap_attention(model:nn.Module):
-    "Put the tap on every attention module of `model` (once): from then on a prefix cache can act per layer."
-    for m in attention_modules(model):
-        if _tap not in m._forward_pre_hooks.values(): m.register_forward_pre_hook(_tap, with_kwargs=True)
+def tap_attention(ctx):
+    "Put the tap on every attention module of the adapter's model (once; `unload` takes it off): from then on a prefix cache can act per layer."
+    for m in attention_modules(ctx.base): ctx.pre_hook(m, _tap)
 
 def is_causal(model:nn.Module)->bool:
     "Do the model's attention modules mask future positions (a decoder-only LM)?"
@@ -201,7 +200,7 @@ class GatedPrefixPart(PrefixTuningConfig):
         t, base = ctx.inputs.prompt_embeddings, ctx.base
         L, _, _ = kv_geometry(base)
         ctx.set_inputs(InputGatedPrefix(t.detach(), L, base.config.hidden_size, is_causal(base)).to(t.device))
-        tap_attention(base)
+        tap_attention(ctx)
 
 # %% ../../../nbs/40_hybrid.ipynb #108794f1
 @register_method("unipelt")

@@ -161,7 +161,7 @@ class LayerPrefixPart(PeftConfig):
             raise ValueError(f"LayerPrefixPart.lengths: one length (>= 0, not all 0) per layer of the {L}, got {self.lengths}")
         emb = _token_inputs(base, "prefix tuning"); _check_positions(base, max(self.lengths), 0, "the prefix")
         ctx.set_inputs(LayerPrefix(self.lengths, 2 * H * dh).to(emb.weight.device))
-        tap_attention(base)
+        tap_attention(ctx)
 
 # %% ../../../nbs/42_search.ipynb #ab8d9cb4
 GROUPINGS = {"increasing": (1, 2, 3, 4), "uniform": (1, 1, 1, 1), "decreasing": (4, 3, 2, 1), "spindle": (1, 2, 2, 1), "bottleneck": (2, 1, 1, 2)}
