@@ -29,7 +29,7 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "sst2_selective.json": CORE + HARNESS + ["peft_notes/methods/selective"],
     "family_memory_selective_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
     "sst2_hybrid.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive"],
-    "sst2_hybrid_search.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive"],
+    "sst2_hybrid_search.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "peft_notes/methods/selective/bitfit.py"],
     "autopeft_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "bench/autopeft_search.py"],
     "noah_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "bench/noah_search.py"],
     "s4_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "peft_notes/methods/selective/bitfit.py", "bench/s4_search.py"],
