@@ -107,7 +107,7 @@ def check_method(make_config, # () -> a fresh config of the method
                  make_inputs=default_inputs, # model -> forward kwargs
                  identity_at_init:bool=True, # does the method promise the base output at init?
                  base_atol:float=0.0, # tolerance of outputs that must equal the base's (0: bit for bit); methods that rewrite W (PiSSA) or rescale it (DoRA) round it
-                 mergeable:bool=None, # default: what the method's layer class says
+                 mergeable:bool=None, # default: what the config says (`can_merge`: its layer class, or every part of a hybrid)
                  steps:int=15, # training steps of the loss check
                  lr:float=1e-2, # Adam learning rate of the loss check
                  atol:float=1e-5, # tolerance of merged vs unmerged outputs
@@ -129,7 +129,7 @@ def check_method(make_config, # () -> a fresh config of the method
         with pm.disable_adapter(): torch.testing.assert_close(_logits(pm(**inputs)), y0, atol=base_atol, rtol=0, msg=lambda m: f"disable_adapter() does not give the base output: {m}")
         assert not torch.allclose(_text_part(out, y0), y0), "the trained adapter does not change the output"
         r["adapter_file_bytes"] = _check_save_load(pm, make_model, inputs, out, seed)
-        if mergeable is None: mergeable = getattr(pm.peft_config[pm.active_adapter].layer_cls, "mergeable", False)
+        if mergeable is None: mergeable = pm.peft_config[pm.active_adapter].can_merge(pm.base_model)
         if mergeable:
             r["merge_max_diff"], r["unmerge_weight_err"] = _check_merge(pm, inputs, out, atol)
             out = _logits(pm(**inputs))  # merge + unmerge round the base weights by ~1e-9: compare with this from here on

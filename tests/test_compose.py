@@ -8,6 +8,9 @@ from peft_notes.models import tiny_bert, tiny_llama
 from peft_notes.reparam import LoraConfig, LoraLayer
 from peft_notes.methods.additive.ia3 import IA3Config, IA3Layer
 from peft_notes.methods.selective.bitfit import BitFitConfig
+from peft_notes.methods.hybrid.noah import NOAHConfig
+from peft_notes.methods.hybrid.search import S4Config
+from peft_notes.testing import check_method
 
 def _nudge(pm, names, seed=0):
     "Move the named adapters' tensors off their init, so that each one changes the output."
@@ -168,3 +171,19 @@ def test_the_attention_tap_comes_off_with_the_last_adapter_that_uses_it(make):
     plain = pm.unload()
     assert plain is base and hooks() == before
     with torch.no_grad(): torch.testing.assert_close(plain(input_ids=ids).logits, ref, atol=0, rtol=0)
+
+@pytest.mark.parametrize("make,cfg", [
+    (tiny_bert, lambda: S4Config(strategies=["L", "B", "BL", "L"])),
+    (tiny_llama, lambda: S4Config(strategies=["L", "L", "L", "L"])),                  # LLaMA has no biases: no BitFit
+    (tiny_bert, lambda: NOAHConfig(adapter_sizes=[0, 0], lora_ranks=[2, 4], prompt_lengths=[0, 0])),
+    (tiny_llama, lambda: NOAHConfig(adapter_sizes=[0, 0], lora_ranks=[4, 0], prompt_lengths=[0, 0])),
+], ids=["s4-LB-bert", "s4-L-llama", "noah-lora-bert", "noah-lora-llama"])
+def test_a_hybrid_whose_parts_all_merge_merges(make, cfg):
+    "Every part mergeable (LoRA, BitFit): the hybrid merges, and the merged model gives the unmerged output (the shared matrix's merge check)."
+    r = check_method(cfg, make)
+    assert r["merge_max_diff"] <= 1e-5 and "merge" not in r
+
+def test_a_hybrid_with_a_part_that_cannot_merge_names_it():
+    pm = get_peft_model(tiny_bert(), S4Config(strategies=["AL", "AL", "PL", "PL"]))
+    with pytest.raises(TypeError, match=r"'s4' adapters cannot be merged.*PfeifferConfig.*LayerPrefixPart") as e: pm.merge_adapter()
+    assert "LoraConfig" not in str(e.value) and not any(l.merged for _, l in pm._layers())   # the LoRA part merges alone, but nothing was merged

@@ -46,6 +46,10 @@ class PeftConfig:
 
     def __post_init__(self): self.validate()
 
+    def can_merge(self, model)->bool:
+        "Can this adapter fold into `model`'s base weights? Its layer class says; a method without one (it changes the inputs) cannot."
+        return self.layer_cls is not None and self.layer_cls.mergeable
+
     def validate(self):
         "Raise a `ValueError`/`TypeError` naming the first field that is wrong; subclasses extend it."
         for f in fields(self):

@@ -433,10 +433,11 @@ def disable_adapter(self:PeftModel):
 def _check_mergeable(self:PeftModel, names):
     for n in names:
         if n not in self.peft_config: raise KeyError(f"no adapter {n!r}; this model has {sorted(self.peft_config)}")
-        cls = self.peft_config[n].layer_cls
-        if cls is None or not cls.mergeable:
-            raise TypeError(f"{self.peft_config[n].method!r} adapters cannot be merged into the base weights "
-                            "(their update is not a fixed change of a weight matrix); use them unmerged")
+        cfg = self.peft_config[n]
+        if not cfg.can_merge(self.base_model):
+            parts = [type(p).__name__ for p in cfg.parts(self.base_model) if not p.can_merge(self.base_model)] if hasattr(cfg, "parts") else []
+            raise TypeError(f"{cfg.method!r} adapters cannot be merged into the base weights "
+                            + (f"(their parts {parts} cannot: " if parts else "(") + "their update is not a fixed change of a weight matrix); use them unmerged")
 
 @patch
 def merge_adapter(self:PeftModel, adapter_names:list=None, safe_merge:bool=False):

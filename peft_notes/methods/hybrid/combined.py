@@ -47,6 +47,10 @@ class HybridConfig(PeftConfig):
             raise ValueError(f"{type(self).__name__} places several parts: name each part's modules in its own field ({', '.join(own)}), not target_modules")
         if type(self).parts is not HybridConfig.parts: self.parts()   # each part checks its own fields now (those that need the model, at injection)
 
+    def can_merge(self, model)->bool:
+        "A hybrid merges when every one of its parts does (S⁴ with LoRA and BitFit only; NOAH with LoRA only)."
+        return all(p.can_merge(model) for p in self.parts(model))
+
     def shared_fields(self)->dict:
         "What every part takes from the hybrid: which layers."
         return {k: getattr(self, k) for k in _SHARED}
