@@ -34,6 +34,7 @@ MEASURES = {  # stored result -> the code whose change makes it stale
     "noah_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "bench/noah_search.py"],
     "s4_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "peft_notes/methods/selective/bitfit.py", "bench/s4_search.py"],
     "placement_char_llama.json": CORE + ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "peft_notes/methods/additive/adapters.py", "bench/placement_study.py"],
+    "placement_char_llama_sweep.json": CORE + ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "peft_notes/methods/additive/adapters.py", "bench/placement_study.py"],
 }
 
 def git(*args)->str:
