@@ -6,9 +6,9 @@ Each model the search scores (`peft_notes.methods.hybrid.search.s4_search`) is a
 loop on a slice of SST-2's *training* sentences and scored on another slice of them — the low-fidelity proxy the
 AutoPEFT bench uses, shorter — so that SST-2's dev set is left for the table. Stage one scores `--k` random-strategy
 models per grouping pattern; stage two tries `--candidates` strategy sets per group (all 15 with none given). The
-new 2-way head trains in full in every model, and each design is trained once. The file is rewritten after every model, so a stopped run keeps
-what it measured; at the end it prints the `peft-notes compare` command that trains the design found at the
-table's budget.
+new 2-way head trains in full in every model, and each design is trained once. The file is rewritten after every
+model, so a stopped run keeps what it measured; at the end it prints the `peft-notes compare` command that trains
+the design found at the table's budget.
 """
 import argparse, json, time
 from dataclasses import replace

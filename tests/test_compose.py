@@ -157,7 +157,6 @@ def test_a_method_inside_a_module_another_wraps(order, tmp_path):
 def test_the_attention_tap_comes_off_with_the_last_adapter_that_uses_it(make):
     "UniPELT's gated prefix and S⁴'s layer prefix hook every attention module once; the hooks go with the last adapter using them, and unload leaves none."
     from peft_notes.methods.hybrid.combined import UniPELTConfig, attention_modules
-    from peft_notes.methods.hybrid.search import S4Config
     base = make(); hooks = lambda: sum(len(m._forward_pre_hooks) for m in base.modules())
     ids = torch.randint(3, 99, (2, 6))
     with torch.no_grad(): ref = base(input_ids=ids).logits
@@ -184,6 +183,7 @@ def test_a_hybrid_whose_parts_all_merge_merges(make, cfg):
     assert r["merge_max_diff"] <= 1e-5 and "merge" not in r
 
 def test_a_hybrid_with_a_part_that_cannot_merge_names_it():
+    "An adapter and a prefix among LoRA parts: the refusal names the parts that cannot merge, and nothing is merged."
     pm = get_peft_model(tiny_bert(), S4Config(strategies=["AL", "AL", "PL", "PL"]))
     with pytest.raises(TypeError, match=r"'s4' adapters cannot be merged.*PfeifferConfig.*LayerPrefixPart") as e: pm.merge_adapter()
     assert "LoraConfig" not in str(e.value) and not any(l.merged for _, l in pm._layers())   # the LoRA part merges alone, but nothing was merged
