@@ -5,9 +5,12 @@ import pytest, torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest -n 2 runs two workers on the two cores: every process the suite starts (chapters, the CLI, benches, torchrun)
+# inherits one thread each, or the load climbs to 4-5 and every item slows down
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ[_v] = "1"
 if "PEFT_NOTES_DATA" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
     os.environ["PEFT_NOTES_DATA"] = str(ROOT.parent / "shared" / "data")
-torch.set_num_threads(1)  # pytest -n 2 runs two workers on the two cores
+torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def root(): return ROOT

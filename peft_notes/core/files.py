@@ -7,7 +7,7 @@ __all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'PENDING', 'finish_pending', 'atomic_w
            'read_config']
 
 # %% ../../nbs/00e_core_files.ipynb #b781bbbf
-import json, os
+import json, os, warnings
 from pathlib import Path
 import torch
 from torch import nn
@@ -93,9 +93,24 @@ def read_config(folder)->PeftConfig:
     return PeftConfig.from_json(p.read_text())
 
 # %% ../../nbs/00e_core_files.ipynb #815b3796
+def _check_file_tensors(tensors:dict, want:dict, source:str)->list[str]:
+    "Refuse NaN/Inf and a change of kind (float vs integer) or a lossy integer cast, naming the tensors; return the narrowing float casts."
+    if (bad := sorted(k for k in want if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())):
+        raise ValueError(f"adapter {source} holds NaN or Inf in {len(bad)} tensor(s): {_short_list(bad, 4)}; refusing to load it")
+    kind = [f"{k}: file {tensors[k].dtype} vs model {want[k].dtype}" for k in sorted(want)
+            if tensors[k].is_floating_point() != want[k].is_floating_point() or tensors[k].is_complex()
+            or (not want[k].is_floating_point() and not torch.equal(tensors[k].to(want[k].dtype).to(tensors[k].dtype), tensors[k]))]
+    if kind: raise ValueError(f"adapter {source} holds tensors of another kind than the model's, or integers that do not fit: {_short_list(kind, 4)}")
+    return [f"{k} ({tensors[k].dtype} -> {want[k].dtype})" for k in sorted(want)
+            if want[k].is_floating_point() and tensors[k].dtype.itemsize > want[k].dtype.itemsize]
+
+def _finish_load(pm:PeftModel, name:str):
+    "Let every layer check or re-derive what it keeps beside the loaded tensors (sparse indices checked, PiSSA's base re-shifted)."
+    for _, layer in pm._layers(): layer.after_load(name)
+
 @patch
 def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
-    "Copy `tensors` into adapter `name` after checking every key and shape; nothing is copied on a mismatch."
+    "Copy `tensors` into adapter `name` after checking every key, shape and value; on any failure the adapter keeps the values it had."
     want = self.adapter_state_dict(name)
     derive = self.peft_config[name].derived_from_base   # tensors a method re-derives from the base when a file lacks them
     tensors = {**{k: v for k, v in want.items() if k not in tensors and derive(k)}, **tensors}
@@ -111,11 +126,25 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
         if missing: msg.append(f"missing keys ({len(missing)}): {_short_list(missing, 6)}")
         if unexpected: msg.append(f"unexpected keys ({len(unexpected)}): {_short_list(unexpected, 6)}")
         raise ValueError("; ".join(msg))
-    with torch.no_grad():
-        for k, t in want.items(): t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
-    for _, layer in self._layers(): layer.after_load(name)
+    if (narrowed := _check_file_tensors(tensors, want, source)):
+        warnings.warn(f"adapter {source}: {len(narrowed)} tensor(s) are cast to the model's narrower dtype, losing precision: {_short_list(narrowed, 3)}")
+    before = {k: t.detach().clone() for k, t in want.items()}
+    try:
+        with torch.no_grad():
+            for k, t in want.items(): t.copy_(tensors[k].to(dtype=t.dtype, device=t.device))
+        _finish_load(self, name)
+    except Exception:
+        with torch.no_grad():
+            for k, t in want.items(): t.copy_(before[k])
+        _finish_load(self, name); raise
 
 # %% ../../nbs/00e_core_files.ipynb #1731e1b6
+def _warn_other_base(cfg:PeftConfig, model:nn.Module, source:str):
+    "Warn when the adapter's recorded base and the model's name are both known and differ."
+    saved, here = cfg.base_model_name_or_path, getattr(getattr(model, "config", None), "_name_or_path", None)
+    if saved and here and str(saved).rstrip("/") != str(here).rstrip("/"):
+        warnings.warn(f"adapter {source} was trained on base model {saved!r}, but is being loaded into {here!r}: its outputs may mean nothing here")
+
 @patch(cls_method=True)
 def from_pretrained(cls:PeftModel, model:nn.Module, # the base model the adapter was trained on
                     model_id, # folder with adapter_config.json + adapter_model.safetensors
@@ -126,6 +155,7 @@ def from_pretrained(cls:PeftModel, model:nn.Module, # the base model the adapter
     "Load a saved adapter into `model`; on any error `model` is left as it was."
     cfg = config or read_config(model_id)
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
+    _warn_other_base(cfg, model, str(model_id))
     return cls.from_tensors(model, cfg, tensors, adapter_name, is_trainable, source=str(model_id))
 
 @patch(cls_method=True)
@@ -145,6 +175,7 @@ def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=F
     "Load a saved adapter as a further adapter `adapter_name` (not made active); on error the model is as it was."
     cfg = replace(read_config(model_id), inference_mode=not is_trainable)
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
+    _warn_other_base(cfg, self.base_model, str(model_id))
     snap = _weights_snapshot(self.base_model)
     self.add_adapter(adapter_name, cfg)
     try: self._load_tensors(adapter_name, tensors, source=str(model_id))
@@ -157,7 +188,7 @@ def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=F
 def load_adapter_weights(self:PeftModel, model_id, # folder with adapter_model.safetensors
                          adapter_name:str=None, # an adapter this model has (default: the active one)
                         ):
-    "Refill an existing adapter's tensors from a saved adapter (a training checkpoint); keys and shapes are checked first."
+    "Refill an existing adapter's tensors from a saved adapter (a training checkpoint); checked first, and on a failure the adapter keeps its values."
     name = adapter_name or self.active_adapter
     if name not in self.peft_config: raise KeyError(f"no adapter {name!r}; this model has {sorted(self.peft_config)}")
     self._load_tensors(name, read_safetensors(adapter_file(model_id, WEIGHTS_NAME)), source=str(model_id))
