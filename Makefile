@@ -21,8 +21,11 @@ venv: .venv/.installed
 demo: .venv/.installed
 	.venv/bin/peft-notes demo --out runs/demo
 
+# ends with the 15 slowest items and tools/suite_budget.py's report (chapters over 60 s, the suite against its 20 minutes)
 test: .venv/.installed
-	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+	@mkdir -p runs; start=$$(date +%s); \
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=15 --junitxml=runs/junit.xml tests; rc=$$?; \
+	$(PY) tools/suite_budget.py runs/junit.xml --wall $$(( $$(date +%s) - start )) --top 0 || true; exit $$rc
 
 # every chapter with its slow cells too (the full-size runs whose outputs the chapters keep); they assert the figures their prose quotes
 slow: .venv/.installed

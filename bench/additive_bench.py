@@ -78,7 +78,7 @@ def main(argv=None):
             "AdapterDrop (lower 3 of 6 blocks) / Houlsby, training step": ratio(ts, "houlsby, adapter_drop=3", "houlsby")}
     trainable = {r: sum(p.numel() for p in m.parameters() if p.requires_grad) for r, m in models.items() if r != "base" and not ROWS[r][2]}
     out = {"args": vars(a), "batch": [batch, seq], "inference": infer, "adapter_drop": drop, "trainable": trainable,
-           "base_forward_s": sorted(t["base"])[len(t["base"]) // 2], "provenance": provenance()}
+           "base_forward_s": sorted(t["base"])[len(t["base"]) // 2], "provenance": provenance(methods=sorted({m for m, _, _ in ROWS.values()}))}
     for k, (m, lo, hi) in {**infer, **drop}.items(): print(f"{k:62s} {m:6.3f}  {lo:.3f}-{hi:.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(out, indent=1))

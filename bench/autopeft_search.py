@@ -34,7 +34,7 @@ def main(argv=None):
     _, tok = load_minilm(num_labels=n, seed=a.seed)
     from datasets import DatasetDict
     enc = tokenize(DatasetDict(train=train, test=valid), tok, text_column=col, max_length=a.max_length)
-    out = {"settings": vars(a), "provenance": provenance(), "trials": []}
+    out = {"settings": vars(a), "provenance": provenance(methods=["autopeft", "harness"]), "trials": []}
 
     def objective(cfg):
         model, _ = load_minilm(num_labels=n, seed=a.seed)

@@ -52,7 +52,7 @@ def child(method, batch, seq, steps):
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
     print(json.dumps({"method": method, "rss_increase_mb": mem.peak - before, "step_s": statistics.median(times[1:] or times), **select,
-                      **tensor_bytes(model, opt, x), "provenance": provenance(sys.argv)}))
+                      **tensor_bytes(model, opt, x), "provenance": provenance(sys.argv, methods=[name])}))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

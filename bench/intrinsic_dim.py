@@ -65,7 +65,7 @@ def main(argv=None):
     best = {}
     for r in rows: best[r["d"]] = max(best.get(r["d"], 0.0), r["acc"])
     out = {"task": "sst2", "train_size": a.train_size, "epochs": a.epochs, "seed": a.seed, "targets": "query.weight, value.weight (6 layers)",
-           "rows": rows, "best": {str(k): v for k, v in best.items()}, "provenance": provenance()}
+           "rows": rows, "best": {str(k): v for k, v in best.items()}, "provenance": provenance(methods=["harness"])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(out, indent=1))
     for k, v in best.items(): print(f"d={k!s:>6}  best acc {v:.4f}")
 

@@ -1,7 +1,7 @@
 """LoRA speed and memory, as ratios measured in one run (issue 3's benchmark).
 
     .venv/bin/python bench/lora_bench.py                     # about 6 minutes on 2 cores (`make bench`)
-    .venv/bin/python bench/lora_bench.py --rounds 24 --out F  # the stored figures: results/bench_cpu.json
+    .venv/bin/python bench/lora_bench.py --rounds 24 --out F  # the stored figures: results/bench_cpu_core_v2.json (--rounds 12)
     .venv/bin/python bench/lora_bench.py --quick              # a smoke run at a tiny size (what the test runs)
 
 Everything runs on the shipped MiniLM (6 layers, hidden 384) with a batch of 32 sequences of 64 tokens,
@@ -244,7 +244,7 @@ def main(argv=None):
     for k, (v, lo, hi) in extra.items(): print(f"{k:<36} {v:>8.3f} {lo:>6.3f}-{hi:<6.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"provenance": provenance(), "args": vars(a), "step_s": t_step, "inference_s": t_inf, "mixed_batch_s": t_mix, "mixed_batch_err": mix_err, "layer_s": layer_s, "memory": mem,
+        Path(a.out).write_text(json.dumps({"provenance": provenance(methods=["lora", "full"]), "args": vars(a), "step_s": t_step, "inference_s": t_inf, "mixed_batch_s": t_mix, "mixed_batch_err": mix_err, "layer_s": layer_s, "memory": mem,
                                            "ratios": ratios, "extra": extra, "merge_err": err, "threads": torch.get_num_threads()}, indent=1))
     return ratios
 

@@ -39,7 +39,7 @@ def main(argv=None):
     choices = [int(x) for x in a.choices.split(",")]
     cfg = NOAHSupernetConfig(adapter_choices=choices, lora_choices=choices, prompt_choices=choices, seed=a.seed, modules_to_save=["classifier"])
     torch.manual_seed(a.seed); sup = get_peft_model(model, cfg)
-    out = {"settings": vars(a), "provenance": provenance(), "supernet": {"config": cfg.to_dict(), "trainable": sup.trainable_report().trainable}}
+    out = {"settings": vars(a), "provenance": provenance(methods=["noah", "harness"]), "supernet": {"config": cfg.to_dict(), "trainable": sup.trainable_report().trainable}}
     t0 = time.perf_counter()
     h = fit(sup, make_loader(enc["train"], tok, 32, shuffle=True, seed=a.seed), epochs=a.epochs, lr=a.lr, seed=a.seed, progress=False)
     out["supernet"].update(seconds=time.perf_counter() - t0, losses=h.losses[::10])

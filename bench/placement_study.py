@@ -29,7 +29,7 @@ def main(argv=None):
     bbc = load_bbc(); folder = ROOT / "nbs" / "assets" / "char_llama"
     lm, tok, _ = load_char_llama(folder)
     train, test = capitals_task(tok, bbc["train"]["text"][:a.train]), capitals_task(tok, bbc["test"]["text"])
-    out = {"settings": vars(a), "provenance": provenance(), "base": score_capitals(lm, tok, test), "runs": []}
+    out = {"settings": vars(a), "provenance": provenance(methods=["pfeiffer", "parallel_adapter", "lora"]), "base": score_capitals(lm, tok, test), "runs": []}
     todo = placements(a.bottleneck, a.r)
     if a.only: todo = {k: v for k, v in todo.items() if f"{k[0]}:{k[1]}" in a.only.split(",")}
     for (method, where), cfg in todo.items():

@@ -35,7 +35,7 @@ def main(argv=None):
     train, valid = pool.select(range(a.search_train)), pool.select(range(a.search_train, a.search_train + a.search_valid))
     _, tok = load_minilm(num_labels=n, seed=a.seed)
     enc = tokenize(DatasetDict(train=train, test=valid), tok, text_column=col, max_length=a.max_length)
-    out = {"settings": vars(a), "provenance": provenance(), "models": []}
+    out = {"settings": vars(a), "provenance": provenance(methods=["s4", "harness"]), "models": []}
 
     def objective(cfg):
         model, _ = load_minilm(num_labels=n, seed=a.seed)

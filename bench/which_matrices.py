@@ -44,7 +44,7 @@ def main(argv=None):
         accs = [r["acc"] for r in rows if r["matrices"] == m]
         summary[m] = {"r": next(r["r"] for r in rows if r["matrices"] == m), "lora_params": next(r["lora_params"] for r in rows if r["matrices"] == m),
                       "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n": len(accs)}
-    out = {"task": "sst2", "train_size": a.train_size, "epochs": a.epochs, "seeds": a.seeds, "rows": rows, "summary": summary, "provenance": provenance()}
+    out = {"task": "sst2", "train_size": a.train_size, "epochs": a.epochs, "seeds": a.seeds, "rows": rows, "summary": summary, "provenance": provenance(methods=["lora", "harness"])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     for m, s in summary.items(): print(f"{m:14s} r={s['r']}  {s['mean']:.4f} ± {s['std']:.4f}")

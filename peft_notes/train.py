@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['BASELINES', 'LR', 'METHOD_KW', 'RESULT_FIELDS', 'make_loader', 'evaluate', 'History', 'PeakMemory', 'fit',
-           'load_task', 'build_model', 'method_config', 'stored_bytes', 'provenance', 'run_method', 'evaluate_adapter',
-           'save_results', 'compare', 'format_table', 'plot_results', 'AdapterCheckpoints', 'AdapterTrainer']
+           'load_task', 'build_model', 'method_config', 'stored_bytes', 'provenance', 'fingerprints', 'run_method',
+           'evaluate_adapter', 'save_results', 'compare', 'format_table', 'plot_results', 'AdapterCheckpoints',
+           'AdapterTrainer']
 
 # %% ../nbs/03_train.ipynb #191ecbcc
 import csv, json, math, os, tempfile, threading, time
@@ -186,8 +187,9 @@ def stored_bytes(model:nn.Module)->int:
 
 # %% ../nbs/03_train.ipynb #e6dbc639
 def provenance(command:list=None, # default: this process's command line
+               methods:list=None, # the methods (and "harness", "full", "head") the result measures: their fingerprints are recorded
               )->dict:
-    "What produced a result: the git commit (and uncommitted changes), package versions, the command, the time, the threads."
+    "What produced a result: the git commit (and uncommitted changes), package versions, the command, the time, the threads, the fingerprints."
     import importlib.metadata as md, platform, subprocess, sys
     import peft_notes
     root = Path(peft_notes.__file__).resolve().parent.parent   # the repository, when the package runs from one
@@ -200,7 +202,15 @@ def provenance(command:list=None, # default: this process's command line
         except md.PackageNotFoundError: pass
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!runs")),   # results being written are not code
             "versions": versions, "command": list(command) if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]],
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads()}
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads(),
+            **({"fingerprints": fingerprints(methods)} if methods else {})}
+
+def fingerprints(methods)->dict:
+    "{method: fingerprint} (`peft_notes.testing.fingerprint`), each computed in one thread so that it does not depend on the machine's cores."
+    from peft_notes.testing import fingerprint
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try: return {m: fingerprint(m) for m in dict.fromkeys(methods)}
+    finally: torch.set_num_threads(threads)
 
 # %% ../nbs/03_train.ipynb #cd7d53e5
 def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, max_length:int=64,
@@ -226,7 +236,8 @@ def run_method(method:str, task:str="bbc", train_size:int=None, epochs:float=3, 
             "max_length": max_length, "seed": seed, "config": config or {}, "trainable": tr, "total": total,
             "trainable_pct": 100 * tr / total, "stored_bytes": stored_bytes(model), "acc_before": before,
             "acc_after": h.final_accuracy, "median_step_s": h.median_step_s, "peak_rss_mb": h.peak_rss_mb,
-            "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals, "provenance": provenance()}
+            "torch_peak_mb": h.torch_peak_mb, "train_s": h.seconds, "losses": h.losses, "evals": h.evals,
+            "provenance": provenance(methods=[method, "harness"])}
 
 # %% ../nbs/03_train.ipynb #260912b9
 def evaluate_adapter(folder, max_length:int=None, batch_size:int=128)->tuple:

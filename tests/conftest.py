@@ -14,3 +14,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def root(): return ROOT
+
+def pytest_collection_modifyitems(config, items):
+    "Start the longest items first (durations of the last full run, tests/durations.json; tools/suite_budget.py --update writes it), so that two workers finish together."
+    f = ROOT / "tests" / "durations.json"
+    if not f.is_file(): return
+    import json
+    d = json.loads(f.read_text())
+    items.sort(key=lambda it: -d.get(it.nodeid, 1.0))

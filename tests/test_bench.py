@@ -105,3 +105,16 @@ def test_s4_search_tiny(tmp_path, root):
     assert len(designs) == len(set(designs)) == len({(h["grouping"], tuple(h["strategies"])) for h in res["history"]})   # each design trained once
     S4Config(grouping=res["grouping"], strategies=res["strategies"])
     assert res["grouping"] == max(res["pattern_means"], key=res["pattern_means"].get) and "--methods s4" in res["train_command"]
+
+def test_char_llama_retrains_at_a_tiny_size(tmp_path, root):
+    "The foundations chapter loads the stored character LLaMA; this runs the script that made it (bench/char_llama.py) for 3 steps, and the result loads."
+    r = subprocess.run([sys.executable, str(root / "bench" / "char_llama.py"), "--steps", "3", "--out", str(tmp_path / "lm")],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from peft_notes.foundations import load_char_llama
+    stored = json.loads((root / "nbs" / "assets" / "char_llama" / "char_llama.json").read_text())
+    lm, tok, info = load_char_llama(tmp_path / "lm")
+    assert info["steps"] == 3 and len(info["losses"]) == 3 and info["provenance"]["command"][0] == "char_llama.py"
+    assert tok.chars == stored["chars"]                                   # the same alphabet, from the same shipped corpus
+    big, _, _ = load_char_llama(root / "nbs" / "assets" / "char_llama")
+    assert {k: v.shape for k, v in lm.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}   # the stored model's architecture

@@ -1,12 +1,23 @@
 """The `peft-notes` command and the harness: bad input refused clearly, results complete, interrupts keep finished work."""
-import json, os, subprocess, sys
+import contextlib, io, json, os, subprocess, sys
+from types import SimpleNamespace
 import pytest
 from peft_notes import cli, train
 from peft_notes.train import RESULT_FIELDS
 
 def run(*args):
-    return subprocess.run([sys.executable, "-c", "import sys; from peft_notes.cli import main; sys.exit(main())", *args],
-                          capture_output=True, text=True, timeout=600)
+    "The command, in this process (no interpreter and torch to start each time): its exit code, stdout and stderr."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = cli.main(list(args))
+        except SystemExit as e: code = e.code if isinstance(e.code, int) else 1   # argparse's own errors exit 2
+    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
+
+def test_the_installed_command_runs():
+    "One call through the console script's entry point in a fresh interpreter (the rest call cli.main in-process)."
+    r = subprocess.run([sys.executable, "-c", "import sys; from peft_notes.cli import main; sys.exit(main())", "compare", "--methods", "nope"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "unknown method(s) ['nope']" in r.stderr, r.stderr
 
 @pytest.mark.parametrize("args,msg", [(["compare", "--methods", "nope"], "unknown method(s) ['nope']"),
                                       (["compare", "--task", "no/such/file.csv"], "--task no/such/file.csv: no/such/file.csv: no such file or folder"),

@@ -1,71 +1,178 @@
-"""Which stored results predate a change to the code they measure.
+"""Which stored results measure a computation that has changed since they ran.
 
-A result's commit is the one its provenance records (`provenance.commit`, or each row's), or, for files written
-before results recorded it, the last commit that changed the file. A result is stale when a module it measures
-changed after that commit. Prints one line per result; exits 0 (a report, not a gate: the book marks stale figures).
+Every stored result records in its provenance a fingerprint of each method it measured (`peft_notes.testing.fingerprint`:
+one fixed tiny training step of the method, hashed) and, for results of the shared training loop, of the loop itself
+("harness"). A result is STALE when a fingerprint computed on the code as it is now differs from the recorded one, or
+when a file of its own measurement that no fingerprint covers (its bench script, a search or study module) changed
+after its commit. A refactor that leaves every method computing what it computed leaves the results current.
 
-    python tools/stale_results.py [--json]
-"""
-import json, subprocess, sys
+    python tools/stale_results.py [--json] [--backfill]
+
+--backfill: for results stored before fingerprints existed, compute them at the commit the result records (a git
+worktree of that commit, running this checkout's `fingerprint` on that commit's package) and write them into the
+result's provenance, marked `fingerprints_backfilled`. A result whose provenance names no commit stays 'unknown'.
+Exits 0: a report, not a gate (the book marks the stale figures it quotes)."""
+import inspect, json, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["peft_notes/core", "peft_notes/methods/reparameterized/lora.py"]
-HARNESS = ["peft_notes/train.py", "peft_notes/data.py", "peft_notes/models.py"]
-MEASURES = {  # stored result -> the code whose change makes it stale
-    "bbc.json": CORE + HARNESS,
-    "sst2.json": CORE + HARNESS,
-    "sst2_family.json": CORE + HARNESS + ["peft_notes/methods/reparameterized"],
-    "family_memory_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
-    "bench_cpu.json": CORE + ["bench/lora_bench.py"],
-    "bench_cpu_core_v2.json": CORE + ["bench/lora_bench.py"],
-    "bench_dora_cpu.json": CORE + ["peft_notes/methods/reparameterized/dora.py", "bench/dora_bench.py"],
-    "bench_dora_cpu_core_v2.json": CORE + ["peft_notes/methods/reparameterized/dora.py", "bench/dora_bench.py"],
-    "which_matrices_sst2.json": CORE + HARNESS + ["bench/which_matrices.py"],
-    "intrinsic_dim_sst2.json": HARNESS + ["peft_notes/reparam.py", "bench/intrinsic_dim.py"],
-    "additive_bench_cpu.json": CORE + ["peft_notes/methods", "bench/additive_bench.py"],
-    "sst2_additive.json": CORE + HARNESS + ["peft_notes/methods/additive"],
-    "family_memory_additive_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
-    "sst2_selective.json": CORE + HARNESS + ["peft_notes/methods/selective"],
-    "family_memory_selective_cpu.json": CORE + ["peft_notes/methods", "bench/family_memory.py"],
-    "sst2_hybrid.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive"],
-    "sst2_hybrid_search.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "peft_notes/methods/selective/bitfit.py"],
-    "autopeft_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "bench/autopeft_search.py"],
-    "noah_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "bench/noah_search.py"],
-    "s4_sst2.json": CORE + HARNESS + ["peft_notes/methods/hybrid", "peft_notes/methods/additive", "peft_notes/methods/selective/bitfit.py", "bench/s4_search.py"],
-    "placement_char_llama.json": CORE + ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "peft_notes/methods/additive/adapters.py", "bench/placement_study.py"],
-    "placement_char_llama_sweep.json": CORE + ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "peft_notes/methods/additive/adapters.py", "bench/placement_study.py"],
+SEARCH, NOAH = "peft_notes/methods/hybrid/search.py", "peft_notes/methods/hybrid/noah.py"   # the searches' own code: no method fingerprint covers it
+MEASURES = {  # result -> the methods it measured (rows: each row's method and the loop) and the files no fingerprint covers
+    "bbc.json": {"code": ["peft_notes/data.py"]},
+    "sst2.json": {"code": ["peft_notes/data.py"]},
+    "sst2_family.json": {"code": ["peft_notes/data.py"]},
+    "sst2_additive.json": {"code": ["peft_notes/data.py"]},
+    "sst2_selective.json": {"code": ["peft_notes/data.py"]},
+    "sst2_hybrid.json": {"code": ["peft_notes/data.py"]},
+    "sst2_hybrid_search.json": {"code": ["peft_notes/data.py"]},
+    "bench_cpu_core_v2.json": {"methods": ["lora", "full"], "code": ["bench/lora_bench.py"]},
+    "bench_dora_cpu_core_v2.json": {"methods": ["dora", "lora"], "code": ["bench/dora_bench.py"]},
+    "additive_bench_cpu.json": {"methods": ["compacter", "houlsby", "ia3", "lora", "parallel_adapter", "pfeiffer", "prefix_tuning", "prompt_tuning",
+                                            "residual_adapter"], "code": ["bench/additive_bench.py", "bench/lora_bench.py"]},
+    "family_memory_cpu.json": {"code": ["bench/family_memory.py"]},
+    "family_memory_additive_cpu.json": {"code": ["bench/family_memory.py"]},
+    "family_memory_selective_cpu.json": {"code": ["bench/family_memory.py"]},
+    "which_matrices_sst2.json": {"methods": ["lora", "harness"], "code": ["bench/which_matrices.py", "peft_notes/data.py"],
+                                 "code_since": "42be66e"},   # it ran from an uncommitted tree that 42be66e committed (results/README.md)
+    "intrinsic_dim_sst2.json": {"methods": ["harness"], "code": ["peft_notes/reparam.py", "bench/intrinsic_dim.py", "peft_notes/data.py"]},
+    "autopeft_sst2.json": {"methods": ["autopeft", "harness"], "code": [f"{SEARCH}::{n}" for n in ("autopeft_params", "autopeft_trial", "autopeft_search", "pareto_front")]
+                                                                  + ["bench/autopeft_search.py", "peft_notes/data.py"]},
+    "s4_sst2.json": {"methods": ["s4", "harness"], "code": [f"{SEARCH}::{n}" for n in ("group_sizes", "s4_search")] + ["bench/s4_search.py", "peft_notes/data.py"]},
+    "noah_sst2.json": {"methods": ["noah", "harness"], "code": [f"{NOAH}::{n}" for n in ("FirstRows", "NOAHSupernetConfig", "set_subnet", "inherit_subnet", "noah_search")]
+                                                          + [f"{SEARCH}::{n}" for n in ("LayerPrefixCache", "LayerPrefix")] + ["bench/noah_search.py", "peft_notes/data.py"]},
+    "placement_char_llama.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
+                                  "code": ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "bench/placement_study.py"]},
+    "placement_char_llama_sweep.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
+                                        "code": ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "bench/placement_study.py"]},
 }
 
 def git(*args)->str:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
-def recorded_commit(path:Path)->tuple:
-    "(commit, how we know it) for a stored result."
-    d = json.loads(path.read_text())
-    rows = d if isinstance(d, list) else [d, *(v for v in d.values() if isinstance(v, dict))]   # a list of rows, one result, or {name: row}
-    commits = {(r.get("provenance") or {}).get("commit") for r in rows if isinstance(r, dict)} - {None}
-    if commits:   # several rows from several runs: the oldest one decides
-        ordered = sorted(commits, key=lambda c: int(git("rev-list", "--count", c) or 0))
-        return ordered[0], "provenance"
-    return git("log", "-1", "--format=%H", "--", str(path.relative_to(ROOT))), "last commit of the file"
+def file_commit(name:str)->str:
+    "The commit that last changed a stored result: the best date for one that records no commit of its own."
+    return git("log", "-1", "--format=%H", "--", f"results/{name}")
 
-def report()->list[dict]:
+def commit_of(name:str, prov:dict)->tuple:
+    "(commit, how we know it): the one the provenance records, or the file's last commit for the files older than provenance."
+    return (prov["commit"], "provenance") if prov.get("commit") else (file_commit(name), "the file's last commit")
+
+def units(name:str, data)->list[tuple]:
+    "(label, provenance dict, methods) for each separately run part of a stored result (a row, a method's memory run, the whole file)."
+    spec = MEASURES.get(name, {})
+    if isinstance(data, list):   # rows of the harness (each row's method and the loop), or runs of a study (each the file's methods)
+        return [(f"{r['method']}{'' if not r.get('config') else ' ' + json.dumps(r['config'], sort_keys=True)} seed {r.get('seed', 0)}",
+                 r.setdefault("provenance", {}), [r["method"], "harness"]) if "method" in r else
+                (f"run {i} {json.dumps(r.get('settings', {}), sort_keys=True)}", r.setdefault("provenance", {}), spec.get("methods", []))
+                for i, r in enumerate(data)]
+    if "provenance" not in data and data and all(isinstance(v, dict) for v in data.values()):   # {method[:overrides]: its own run}
+        return [(k, v.setdefault("provenance", {}), [k.split(":")[0]]) for k, v in data.items()]
+    return [("(whole file)", data.setdefault("provenance", {}), spec.get("methods", []))]
+
+def definition(text:str, name:str)->str:
+    "The top-level `def`/`class` called `name` in a module's text, up to the next top-level statement ('' if absent)."
+    lines, out = text.splitlines(), []
+    for l in lines:
+        if out and l and not l[0].isspace() and not l.startswith((")", "#")): break
+        if out or re.match(rf"(def|class) {re.escape(name)}\b", l): out.append(l)
+    return "\n".join(c for c in (re.sub(r"\s+#.*$", "", l).rstrip() for l in out) if c)   # comments are not computation
+
+def changed_code(commit:str, paths:list)->list[str]:
+    "The entries of `paths` (files, or `file::name` for one top-level definition) whose text changed since `commit`, not counting lines that only record provenance."
     out = []
-    for path in sorted((ROOT / "results").glob("*.json")):
-        commit, how = recorded_commit(path)
-        watched = MEASURES.get(path.name)
-        if watched is None: out.append({"file": path.name, "commit": commit[:7], "how": how, "stale": None, "changed": ["(no entry in MEASURES)"]}); continue
-        changed = git("log", "--format=%h %s", f"{commit}..HEAD", "--", *watched).splitlines() if commit else ["(no commit)"]
-        files = sorted(set(git("diff", "--name-only", f"{commit}..HEAD", "--", *watched).splitlines())) if commit else []
-        out.append({"file": path.name, "commit": commit[:7], "how": how, "stale": bool(changed), "changed": [c[:90] for c in changed],
-                    "files": files})   # the watched files that changed since: what a reader weighs to judge the figure
+    for entry in [p for p in paths if "::" in p]:
+        f, name = entry.split("::")
+        if definition(git("show", f"{commit}:{f}"), name) != definition((ROOT / f).read_text() if (ROOT / f).exists() else "", name): out.append(entry)
+    for f in sorted(set(git("diff", "--name-only", f"{commit}..HEAD", "--", *[p for p in paths if "::" not in p]).splitlines())):
+        lines = [l for l in git("diff", "-U0", f"{commit}..HEAD", "--", f).splitlines()
+                 if l[:1] in "+-" and not l.startswith(("+++", "---")) and "provenance(" not in l]
+        if lines: out.append(f)
     return out
 
+def now_fingerprints(methods)->dict:
+    sys.path.insert(0, str(ROOT))
+    from peft_notes.train import fingerprints
+    import peft_notes.methods  # every family registers its methods
+    return fingerprints(sorted(methods))
+
+def report(backfilled:dict=None)->list[dict]:
+    results = {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))}
+    all_units = {name: units(name, d) for name, d in results.items()}
+    now = now_fingerprints({m for us in all_units.values() for _, _, ms in us for m in ms})
+    out = []
+    for name, us in all_units.items():
+        for label, prov, methods in us:
+            (commit, how), recorded = commit_of(name, prov), prov.get("fingerprints") or {}
+            changed = [m for m in methods if m in recorded and recorded[m] != now.get(m)]
+            missing = [m for m in methods if m not in recorded]
+            code = MEASURES.get(name, {}).get("code", [])
+            since = MEASURES.get(name, {}).get("code_since", commit)
+            files = changed_code(since, code) if commit and code else []
+            state = ("unknown" if not commit or missing else "STALE" if changed or files else "current")
+            out.append({"file": name, "part": label, "commit": (commit or "")[:7], "commit_from": how, "state": state, "methods": methods, "changed": changed,
+                        "missing": missing, "files": files, "backfilled": prov.get("fingerprints_backfilled")})
+    return out
+
+def _fingerprint_source()->str:
+    "The fingerprint function's source as this checkout has it, to run on an older checkout's package."
+    sys.path.insert(0, str(ROOT))
+    import peft_notes.testing as t
+    parts = [f"FINGERPRINT_CONFIG = {t.FINGERPRINT_CONFIG!r}", f"FINGERPRINT_ARCH = {t.FINGERPRINT_ARCH!r}",
+             inspect.getsource(t._harness_numbers), inspect.getsource(t.fingerprint)]
+    return "\n".join(parts)
+
+RUNNER = """
+import json, sys, torch
+torch.set_num_threads(1)
+try: import peft_notes.methods
+except ImportError: import peft_notes.reparam
+{source}
+out = {{}}
+for m in {methods!r}:
+    try: out[m] = fingerprint(m)
+    except Exception as e: out[m] = None; print(f"{{m}}: {{type(e).__name__}}: {{e}}", file=sys.stderr)
+print(json.dumps(out))
+"""
+
+def backfill():
+    "Compute the missing fingerprints at each result's own commit and write them into the result files."
+    paths = sorted((ROOT / "results").glob("*.json"))
+    results = {p.name: json.loads(p.read_text()) for p in paths}
+    todo = {}   # commit -> methods
+    for name, d in results.items():
+        for _, prov, methods in units(name, d):
+            c, _ = commit_of(name, prov)
+            if c and not prov.get("fingerprints"): todo.setdefault(c, set()).update(methods)
+    source, computed = _fingerprint_source(), {}
+    for commit, methods in sorted(todo.items()):
+        with tempfile.TemporaryDirectory() as tmp:
+            wt = Path(tmp) / "checkout"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), commit], check=True, capture_output=True)
+            try:
+                r = subprocess.run([sys.executable, "-c", RUNNER.format(source=source, methods=sorted(methods))], cwd=wt, capture_output=True, text=True,
+                                   env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(Path.home())})
+            finally: subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], capture_output=True)
+        if r.returncode: print(f"{commit[:7]}: failed\n{r.stderr[-2000:]}", file=sys.stderr); continue
+        computed[commit] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"{commit[:7]}: {computed[commit]}" + (f"  ({r.stderr.strip().splitlines()[-1][:120]})" if r.stderr.strip() else ""))
+    stamp = time.strftime("%Y-%m-%d")
+    for p in paths:
+        d, touched, newline = results[p.name], False, p.read_text().endswith("\n")
+        for _, prov, methods in units(p.name, d):
+            c, how = commit_of(p.name, prov)
+            if c in computed and not prov.get("fingerprints") and all(computed[c].get(m) for m in methods):
+                prov["fingerprints"] = {m: computed[c][m] for m in methods}
+                prov["fingerprints_backfilled"] = (f"{stamp}, tools/stale_results.py --backfill: the fingerprint function run on commit {c[:7]}'s package"
+                                                   + ("" if how == "provenance" else " (the file records no commit: the one that added it)"))
+                touched = True
+        if touched: p.write_text(json.dumps(d, indent=1) + ("\n" if newline else ""))   # the files' own format: a smaller diff
+
 if __name__ == "__main__":
+    if "--backfill" in sys.argv: backfill()
     rows = report()
     if "--json" in sys.argv: print(json.dumps(rows, indent=1)); sys.exit(0)
     for r in rows:
-        state = "unknown" if r["stale"] is None else "STALE" if r["stale"] else "current"
-        print(f"{r['file']:<30} {r['commit']:<8} ({r['how']}): {state}" + (f" - {len(r['changed'])} later change(s), latest: {r['changed'][0]}" if r["stale"] else ""))
-        if r["stale"]: print(f"{'':<30} files changed since: {', '.join(r['files'][:6])}" + (f" (+{len(r['files']) - 6} more)" if len(r["files"]) > 6 else ""))
+        why = ([f"computation changed: {', '.join(r['changed'])}"] if r["changed"] else []) + ([f"files changed: {', '.join(r['files'])}"] if r["files"] else []) \
+              + ([f"no fingerprint recorded for {', '.join(r['missing'])}"] if r["missing"] else []) + (["no commit recorded"] if not r["commit"] else [])
+        print(f"{r['file']:<32} {r['part'][:44]:<44} {r['commit']:<8}{'*' if r['commit_from'] != 'provenance' else ' '} {r['state']}" + (f" - {'; '.join(why)}" if why else ""))
+    print("(* the file records no commit: the commit that last changed it)")

@@ -1,0 +1,37 @@
+"""Run by tests/test_multiprocess.py: LoRA on a tiny LLaMA, trained by a plain loop for a few steps, either in one process
+or sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`, each decoder layer and the whole model) over the processes
+torchrun starts (gloo on CPU); every process takes its share of the same global batch. Rank 0 saves the gathered adapter.
+
+    python fsdp_script.py OUT {single,fsdp}"""
+import sys, torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from peft_notes.core import get_peft_model
+from peft_notes.models import tiny_llama
+from peft_notes.reparam import LoraConfig
+
+torch.set_num_threads(1)
+out, mode = sys.argv[1], sys.argv[2]
+if mode == "fsdp":
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    dist.init_process_group("gloo"); rank, world = dist.get_rank(), dist.get_world_size()
+else: rank, world = 0, 1
+torch.manual_seed(0)
+pm = get_peft_model(tiny_llama(), LoraConfig(r=4, alpha=8, init_lora_weights=False))   # B != 0: every LoRA tensor gets a gradient from step 1
+if mode == "fsdp":
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in pm.base_model.model.layers: fully_shard(layer, mesh=mesh)   # frozen base weights and trained LoRA tensors in one unit
+    fully_shard(pm, mesh=mesh)
+init = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in pm.adapter_state_dict().items()}
+opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+ids = torch.randint(3, 99, (8, 12), generator=torch.Generator().manual_seed(0))   # the global batch: 8 rows
+mine = ids[rank::world]                                                            # this process's rows
+pm.train()
+for _ in range(4):
+    opt.zero_grad(); pm(input_ids=mine, labels=mine).loss.backward(); opt.step()   # FSDP averages the gradients over processes
+state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().contiguous().clone() for k, v in pm.adapter_state_dict().items()}
+sharded = sum(hasattr(v, "full_tensor") for v in pm.adapter_state_dict().values())
+moved = max((state[k] - init[k]).abs().max().item() for k in state)
+if rank == 0: save_file(state, out, metadata={"sharded": str(sharded), "world": str(world), "moved": str(moved)})
+if mode == "fsdp": dist.barrier(); dist.destroy_process_group()
