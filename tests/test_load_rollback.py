@@ -148,3 +148,10 @@ def test_a_path_in_an_adapter_name_is_refused_and_nothing_written(name, tmp_path
     with pytest.raises(ValueError, match="must be an identifier"): get_peft_model(tiny_bert(), list_methods()["lora"](r=2), adapter_name=name)
     assert _same(pm, before) and list(pm.peft_config) == ["default"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+def test_the_shipped_minilm_records_its_hub_name(tmp_path):
+    "An adapter trained on the shipped MiniLM names its base by the hub id, not this install's path: it loads on another machine without a warning."
+    from peft_notes.models import MINILM, load_minilm
+    pm = get_peft_model(load_minilm()[0], list_methods()["lora"](r=2)); pm.save_adapter(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == MINILM
+    with warnings.catch_warnings(): warnings.simplefilter("error"); PeftModel.from_pretrained(load_minilm()[0], tmp_path)
