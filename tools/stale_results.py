@@ -12,7 +12,7 @@ after its commit. A refactor that leaves every method computing what it computed
 worktree of that commit, running this checkout's `fingerprint` on that commit's package) and write them into the
 result's provenance, marked `fingerprints_backfilled`. A result whose provenance names no commit stays 'unknown'.
 Exits 0: a report, not a gate (the book marks the stale figures it quotes)."""
-import inspect, json, re, subprocess, sys, tempfile, time
+import ast, inspect, json, re, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,16 +77,31 @@ def definition(text:str, name:str)->str:
         if out or re.match(rf"(def|class) {re.escape(name)}\b", l): out.append(l)
     return "\n".join(c for c in (re.sub(r"\s+#.*$", "", l).rstrip() for l in out) if c)   # comments are not computation
 
+class _Code(ast.NodeTransformer):
+    "What a module computes: docstrings dropped, and a `provenance(...)` call (what a result records about itself) made a constant."
+    def generic_visit(self, node):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return super().generic_visit(node)
+    def visit_Call(self, node):
+        if getattr(node.func, "id", None) == "provenance": return ast.Constant("provenance")
+        return self.generic_visit(node)
+
+def code_of(text:str)->str:
+    "A module's (or one definition's) code without comments, docstrings and provenance records; the text itself if it does not parse."
+    try: return ast.dump(_Code().visit(ast.parse(text)))
+    except SyntaxError: return text
+
 def changed_code(commit:str, paths:list)->list[str]:
-    "The entries of `paths` (files, or `file::name` for one top-level definition) whose text changed since `commit`, not counting lines that only record provenance."
+    "The entries of `paths` (files, or `file::name` for one top-level definition) whose code changed since `commit` (comments, docstrings and provenance records aside)."
+    now = lambda f: (ROOT / f).read_text() if (ROOT / f).exists() else ""
     out = []
-    for entry in [p for p in paths if "::" in p]:
-        f, name = entry.split("::")
-        if definition(git("show", f"{commit}:{f}"), name) != definition((ROOT / f).read_text() if (ROOT / f).exists() else "", name): out.append(entry)
-    for f in sorted(set(git("diff", "--name-only", f"{commit}..HEAD", "--", *[p for p in paths if "::" not in p]).splitlines())):
-        lines = [l for l in git("diff", "-U0", f"{commit}..HEAD", "--", f).splitlines()
-                 if l[:1] in "+-" and not l.startswith(("+++", "---")) and "provenance(" not in l]
-        if lines: out.append(f)
+    for entry in paths:
+        f, _, name = entry.partition("::")
+        old, new = git("show", f"{commit}:{f}"), now(f)
+        if name: old, new = definition(old, name), definition(new, name)
+        if code_of(old) != code_of(new): out.append(entry)
     return out
 
 def now_fingerprints(methods)->dict:
