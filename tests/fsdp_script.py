@@ -3,7 +3,7 @@ or sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`, each decoder layer 
 torchrun starts (gloo on CPU); every process takes its share of the same global batch. Rank 0 saves the gathered adapter.
 
     python fsdp_script.py OUT {single,fsdp}"""
-import sys, torch
+import os, sys, torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from peft_notes.core import get_peft_model
@@ -34,4 +34,5 @@ state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().conti
 sharded = sum(hasattr(v, "full_tensor") for v in pm.adapter_state_dict().values())
 moved = max((state[k] - init[k]).abs().max().item() for k in state)
 if rank == 0: save_file(state, out, metadata={"sharded": str(sharded), "world": str(world), "moved": str(moved)})
-if mode == "fsdp": dist.barrier(); dist.destroy_process_group()
+if mode == "fsdp":   # every rank past the save, then out without tearing gloo down: its threads have aborted the exit under load
+    dist.barrier(); sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
