@@ -25,7 +25,7 @@ def hf_targets(ctx)->list[str]:
 
 def conv1d_targets(ctx)->list[str]:
     "The wrapped modules whose weight is stored transposed (GPT-2's `Conv1D`): PEFT's `fan_in_fan_out`."
-    return [p for p, l in ctx.layers(ctx.config.layer_cls) if getattr(l, "fan_in_fan_out", False)]
+    return [p for p, l in ctx.layers(ctx.config.layer_cls) if l.fan_in_fan_out]
 
 def hf_base_fields(ctx)->dict:
     "The config fields every PEFT method has, for adapter `ctx.name`."
@@ -84,6 +84,5 @@ def from_hf_peft(model:nn.Module, # the base model the PEFT adapter was trained 
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
     # PEFT's bias="all" also saves the biases of its head wrapper (original + copy): the head's own keys carry them
     tensors = {k: v for k, v in tensors.items() if ".original_module." not in k and ".modules_to_save." not in k}
-    reader = readers[kind]   # a reader that needs the base's own tensors (LN-tuning: PEFT saves trained copies, we keep deltas) has `from_hf_base`
-    cfg, tensors = reader.from_hf_base(d, tensors, model) if hasattr(reader, "from_hf_base") else reader.from_hf(d, tensors)
+    cfg, tensors = readers[kind].from_hf_base(d, tensors, model)   # `from_hf`, unless the reader needs the base's own tensors (LN-tuning)
     return PeftModel.from_tensors(model, cfg, tensors, adapter_name, is_trainable, source=str(model_id))

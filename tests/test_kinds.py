@@ -63,7 +63,7 @@ def test_ia3_bad_feedforward_modules_is_a_clear_error():
 def test_ia3_safe_merge_refuses_a_zero_vector():
     pm = get_peft_model(tiny_bert(), IA3Config())
     with torch.no_grad(): pm.adapter_context().layers(IA3Layer)[0][1].ia3_l["default"].zero_()
-    with pytest.raises(ValueError, match="zero or non-finite entry"): pm.merge_adapter(safe_merge=True)
+    with pytest.raises(ValueError, match="zero or non-finite scale"): pm.merge_adapter(safe_merge=True)
 
 # ---------------- BitFit: deltas on the base's own tensors ----------------
 def _snapshot(model): return {k: v.clone() for k, v in model.state_dict().items()}

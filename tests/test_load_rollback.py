@@ -155,3 +155,16 @@ def test_the_shipped_minilm_records_its_hub_name(tmp_path):
     pm = get_peft_model(load_minilm()[0], list_methods()["lora"](r=2)); pm.save_adapter(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == MINILM
     with warnings.catch_warnings(): warnings.simplefilter("error"); PeftModel.from_pretrained(load_minilm()[0], tmp_path)
+
+def test_a_refused_merge_undoes_the_layers_merged_before_it():
+    "merge_adapter is all or nothing: the last layer refuses (safe_merge, a NaN), and the layers merged before it are unmerged."
+    import torch
+    from peft_notes.core import get_peft_model, list_methods
+    from peft_notes.models import tiny_bert
+    pm = get_peft_model(tiny_bert(), list_methods()["lora"](init_lora_weights=False))
+    layers = [l for _, l in pm._layers(innermost_first=True)]
+    with torch.no_grad(): layers[-1].lora_B["default"].weight[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in pm.base_model.named_parameters() if not p.requires_grad}
+    with pytest.raises(ValueError, match="non-finite"): pm.merge_adapter(safe_merge=True)
+    assert not any(l.merged or l.merge_records for l in layers)   # the first layers merged before the last refused: undone
+    assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in pm.base_model.named_parameters() if n in before)

@@ -2,7 +2,7 @@
 import pytest
 from peft_notes.core import list_methods
 from peft_notes.models import tiny_bert, tiny_gpt2, tiny_llama
-from peft_notes.core import get_peft_model
+from peft_notes.core import get_peft_model, method_kinds
 from peft_notes.testing import check_method, default_inputs
 import transformers as T
 
@@ -17,7 +17,6 @@ METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", 
            "unipelt", "mam", "propetl", "autopeft", "s4", "noah"]
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
-INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "autopeft", "s4", "noah"}   # change the inputs (the hybrids: through their prefix): not the base at init, not mergeable, no mixed batch (rows of different lengths)
 
 def tiny_t5():
     "An encoder–decoder, for the method that adapts only the cross-attention."
@@ -40,6 +39,12 @@ CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_sa
           **{("autopeft", a): lambda: list_methods()["autopeft"](serial_size=4, parallel_size=4, prefix_length=3, layers_to_transform=[1]) for a in ("bert", "llama", "gpt2")},   # its default chooses nothing
           ("s4", "llama"): lambda: list_methods()["s4"](strategies=["AL", "AP", "AP", "PL"]),   # LLaMA has no bias for BitFit
           **{("lt_sft", a): lambda: list_methods()["lt_sft"](density=0.05, select_steps=5, select_lr=1e-2) for a in ("bert", "llama", "gpt2")}}   # 0.5% of a tiny model is a handful of entries
+def _changes_inputs(method:str)->bool:
+    "Does the method (a hybrid: one of its parts) change the model's inputs? Its declared `kind` says: not the base at init, not mergeable, no mixed batch (rows of different lengths)."
+    return "inputs" in method_kinds(CONFIG.get((method, "bert"), list_methods()[method])(), tiny_bert())
+
+INPUTS_KIND = {m for m in METHODS if _changes_inputs(m)}
+
 REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention",
            **{("xattn_tuning", a): "needs an encoder–decoder" for a in ("bert", "llama", "gpt2")}}   # its matrix runs on T5 and BART: tests/test_selective.py
 

@@ -14,9 +14,9 @@ from torch import nn
 from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from .config import PeftConfig, _short_list
+from .config import PeftConfig, short_list
 from dataclasses import replace
-from .model import PeftModel, _roll_back, _weights_snapshot
+from .model import PeftModel, roll_back, weights_snapshot
 
 # %% ../../nbs/00e_core_files.ipynb #7c6bfe1f
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -96,11 +96,11 @@ def read_config(folder)->PeftConfig:
 def _check_file_tensors(tensors:dict, want:dict, source:str)->list[str]:
     "Refuse NaN/Inf and a change of kind (float vs integer) or a lossy integer cast, naming the tensors; return the narrowing float casts."
     if (bad := sorted(k for k in want if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())):
-        raise ValueError(f"adapter {source} holds NaN or Inf in {len(bad)} tensor(s): {_short_list(bad, 4)}; refusing to load it")
+        raise ValueError(f"adapter {source} holds NaN or Inf in {len(bad)} tensor(s): {short_list(bad, 4)}; refusing to load it")
     kind = [f"{k}: file {tensors[k].dtype} vs model {want[k].dtype}" for k in sorted(want)
             if tensors[k].is_floating_point() != want[k].is_floating_point() or tensors[k].is_complex()
             or (not want[k].is_floating_point() and not torch.equal(tensors[k].to(want[k].dtype).to(tensors[k].dtype), tensors[k]))]
-    if kind: raise ValueError(f"adapter {source} holds tensors of another kind than the model's, or integers that do not fit: {_short_list(kind, 4)}")
+    if kind: raise ValueError(f"adapter {source} holds tensors of another kind than the model's, or integers that do not fit: {short_list(kind, 4)}")
     return [f"{k} ({tensors[k].dtype} -> {want[k].dtype})" for k in sorted(want)
             if want[k].is_floating_point() and tensors[k].dtype.itemsize > want[k].dtype.itemsize]
 
@@ -118,16 +118,16 @@ def _load_tensors(self:PeftModel, name:str, tensors:dict, source=""):
     shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(want[k].shape)}"
               for k in sorted(set(want) & set(tensors)) if tensors[k].shape != want[k].shape]
     if (computed := sorted(k for k, t in want.items() if not t.is_leaf)):
-        raise ValueError(f"adapter {name!r} computes {_short_list(computed, 4)} from parameters that are not saved (prefix tuning's MLP): "
+        raise ValueError(f"adapter {name!r} computes {short_list(computed, 4)} from parameters that are not saved (prefix tuning's MLP): "
                          "load the saved adapter with its saved config, which stores the computed tensors directly")
     if missing or unexpected or shapes:
         msg = [f"adapter {source} does not fit this model"]
-        if shapes: msg.append(f"shape mismatches ({len(shapes)}): {_short_list(shapes, 4)}")
-        if missing: msg.append(f"missing keys ({len(missing)}): {_short_list(missing, 6)}")
-        if unexpected: msg.append(f"unexpected keys ({len(unexpected)}): {_short_list(unexpected, 6)}")
+        if shapes: msg.append(f"shape mismatches ({len(shapes)}): {short_list(shapes, 4)}")
+        if missing: msg.append(f"missing keys ({len(missing)}): {short_list(missing, 6)}")
+        if unexpected: msg.append(f"unexpected keys ({len(unexpected)}): {short_list(unexpected, 6)}")
         raise ValueError("; ".join(msg))
     if (narrowed := _check_file_tensors(tensors, want, source)):
-        warnings.warn(f"adapter {source}: {len(narrowed)} tensor(s) are cast to the model's narrower dtype, losing precision: {_short_list(narrowed, 3)}")
+        warnings.warn(f"adapter {source}: {len(narrowed)} tensor(s) are cast to the model's narrower dtype, losing precision: {short_list(narrowed, 3)}")
     before = {k: t.detach().clone() for k, t in want.items()}
     try:
         with torch.no_grad():
@@ -162,10 +162,10 @@ def from_pretrained(cls:PeftModel, model:nn.Module, # the base model the adapter
 def from_tensors(cls:PeftModel, model:nn.Module, config:PeftConfig, tensors:dict, adapter_name:str="default",
                  is_trainable:bool=False, source:str="")->PeftModel:
     "Inject `config` into `model` and fill it from `tensors` (saved keys); on any error `model` is left as it was, bit for bit."
-    snap = _weights_snapshot(model)
+    snap = weights_snapshot(model)
     pm = cls(model, replace(config, inference_mode=not is_trainable), adapter_name)
     try: pm._load_tensors(adapter_name, tensors, source=source)
-    except Exception: pm.unload(); _roll_back(snap); raise
+    except Exception: pm.unload(); roll_back(snap); raise
     if not is_trainable: pm.eval()
     return pm
 
@@ -176,11 +176,11 @@ def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=F
     cfg = replace(read_config(model_id), inference_mode=not is_trainable)
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
     _warn_other_base(cfg, self.base_model, str(model_id))
-    snap = _weights_snapshot(self.base_model)
+    snap = weights_snapshot(self.base_model)
     self.add_adapter(adapter_name, cfg)
     try: self._load_tensors(adapter_name, tensors, source=str(model_id))
     except Exception:
-        self._remove_adapter_modules(adapter_name); del self.peft_config[adapter_name]; _roll_back(snap); raise
+        self._remove_adapter_modules(adapter_name); del self.peft_config[adapter_name]; roll_back(snap); raise
     self._mark_trainable()
 
 # %% ../../nbs/00e_core_files.ipynb #ac7e42d4

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['resolve', 'PeftModel', 'get_peft_model', 'InputsAdapter', 'cache_arg', 'forward_kwargs', 'AdapterContext',
-           'TrainableReport']
+           'weights_snapshot', 'roll_back', 'TrainableReport']
 
 # %% ../../nbs/00d_core_model.ipynb #cf8b5394
 import copy, inspect, re, types, warnings
@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 from fastcore.basics import patch
-from .config import PeftConfig, _short_list
+from .config import PeftConfig, short_list
 from .layer import AdapterLayer, ModulesToSave, base_of, module_path
 from .targets import candidate_modules, find_targets, match_name
 
@@ -114,7 +114,7 @@ def _routing(self:PeftModel, names:Optional[list], args:tuple, kwargs:dict):
         raise ValueError("adapter_names with a prompt/prefix adapter is not supported: its rows would have different lengths")
     layers = [l for _, l in self._layers()]
     if any(l.merged for l in layers): raise ValueError("adapter_names with merged adapters: unmerge_adapter() first")
-    if any(getattr(l, "lora_init", None) for l in layers): raise ValueError("adapter_names with a PiSSA/OLoRA adapter (its base weight is a residual) is not supported")
+    if (why := next(filter(None, (l.mixed_batch_refusal() for l in layers)), None)): raise ValueError(f"adapter_names with {why} is not supported")
     for l in layers: l.routing = names
     try: yield
     finally:
@@ -282,7 +282,7 @@ def _wrap_modules_to_save(self:PeftModel, ctx:AdapterContext):
     "Give adapter `ctx.name` its own trainable copy of each module in `modules_to_save`."
     for t in ctx.config.modules_to_save or []:
         hits = [n for n, m in candidate_modules(self.base_model) if match_name(n, [t])]
-        if not hits: raise ValueError(f"modules_to_save: no module named {t!r}; top-level modules: {_short_list(n for n, _ in self.base_model.named_children())}")
+        if not hits: raise ValueError(f"modules_to_save: no module named {t!r}; top-level modules: {short_list(n for n, _ in self.base_model.named_children())}")
         for h in hits:
             ctx.wrap(h, ModulesToSave)
 
@@ -304,11 +304,12 @@ def _restore_requires_grad(self:PeftModel):
     for n, p in self.base_model.named_parameters():
         if n in self._base_requires_grad: p.requires_grad_(self._base_requires_grad[n])
 
-def _weights_snapshot(model:nn.Module)->dict:
+def weights_snapshot(model:nn.Module)->dict:
     "References to every base tensor's storage (no copy): what a failed injection is rolled back to."
     return {id(t): (t, t.data) for t in list(model.parameters()) + list(model.buffers())}
 
-def _roll_back(snap:dict):
+def roll_back(snap:dict):
+    "Give every tensor in `snap` (`weights_snapshot`) back the storage it had then."
     for t, data in snap.values(): t.data = data   # the storage the tensor had before
 
 @patch
@@ -319,12 +320,12 @@ def add_adapter(self:PeftModel, adapter_name:str, config:PeftConfig):
         raise ValueError(f"adapter name {adapter_name!r} must be an identifier (letters, digits, _ or -, no dots)")
     if adapter_name in self.peft_config: raise ValueError(f"adapter {adapter_name!r} exists already; delete it first")
     config = copy.deepcopy(config); config.validate()
-    ctx, snap = AdapterContext(self, adapter_name, config), _weights_snapshot(self.base_model)
+    ctx, snap = AdapterContext(self, adapter_name, config), weights_snapshot(self.base_model)
     try:
         config.inject(ctx)
         self._wrap_modules_to_save(ctx)
     except Exception:
-        self._remove_adapter_modules(adapter_name); _roll_back(snap); raise
+        self._remove_adapter_modules(adapter_name); roll_back(snap); raise
     self.peft_config[adapter_name] = config
     self._mark_trainable()
 
@@ -435,18 +436,24 @@ def _check_mergeable(self:PeftModel, names):
         if n not in self.peft_config: raise KeyError(f"no adapter {n!r}; this model has {sorted(self.peft_config)}")
         cfg = self.peft_config[n]
         if not cfg.can_merge(self.base_model):
-            parts = [type(p).__name__ for p in cfg.parts(self.base_model) if not p.can_merge(self.base_model)] if hasattr(cfg, "parts") else []
+            parts = [type(p).__name__ for p in cfg.parts(self.base_model) if p is not cfg and not p.can_merge(self.base_model)]
             raise TypeError(f"{cfg.method!r} adapters cannot be merged into the base weights "
                             + (f"(their parts {parts} cannot: " if parts else "(") + "their update is not a fixed change of a weight matrix); use them unmerged")
 
 @patch
 def merge_adapter(self:PeftModel, adapter_names:list=None, safe_merge:bool=False):
-    "Fold the active adapters (or `adapter_names`) into the base weights, innermost first; outputs stay the same."
+    "Fold the active adapters (or `adapter_names`) into the base weights, innermost first; outputs stay the same. All or nothing: a layer that refuses undoes the merges before it."
     names = adapter_names or self.active_adapters
     self._check_mergeable(names)
-    for _, l in self._layers(innermost_first=True):
-        if any(n in l.adapter_names for n in names): l._check_inner_merged()   # a stack merges from the bottom up
-        l.merge(names, safe_merge=safe_merge)
+    done = []                                   # (layer, merges it held before): what to undo if a later layer refuses
+    try:
+        for _, l in self._layers(innermost_first=True):
+            held = len(l.merged_adapters)
+            l.merge(names, safe_merge=safe_merge)   # a stack merges from the bottom up: the layer checks the ones below it
+            if len(l.merged_adapters) > held: done.append((l, held))
+    except Exception:
+        for l, held in reversed(done): l.unmerge(keep=held)
+        raise
 
 @patch
 def unmerge_adapter(self:PeftModel):

@@ -10,7 +10,7 @@ __all__ = ['LAYER_PATTERNS', 'ROLES', 'QV_TARGETS', 'HEAD_NAMES', 'match_name', 
 import re
 from typing import Optional
 from torch import nn
-from .config import PeftConfig, _short_list
+from .config import PeftConfig, short_list
 from .layer import AdapterLayer, ModulesToSave, base_of
 
 # %% ../../nbs/00c_core_targets.ipynb #f5707cb7
@@ -98,7 +98,7 @@ def find_targets(model:nn.Module, # the model to search (without a PeftModel wra
                  types_ok:tuple=None, # module types the method can wrap; default: `cfg.layer_cls.wraps`
                 )->list[str]:
     "Names of the modules `cfg` adapts; raises when none match or a match is a type the method cannot wrap."
-    types_ok = types_ok or getattr(cfg.layer_cls, "wraps", (nn.Linear,))
+    types_ok = types_ok or (cfg.layer_cls.wraps if cfg.layer_cls is not None else (nn.Linear,))
     spec = cfg.target_modules
     if spec is None:
         mt = _model_type(model)
@@ -120,7 +120,7 @@ def find_targets(model:nn.Module, # the model to search (without a PeftModel wra
         leaves = [n for n, m in mods if _wrappable(m, types_ok)]
         raise ValueError(f"target_modules={spec!r} matched no module of the model"
                          f"{' (after exclude_modules/layers_to_transform)' if cfg.exclude_modules or cfg.layers_to_transform is not None else ''}. "
-                         f"Modules it could wrap: {_short_list(leaves)}")
+                         f"Modules it could wrap: {short_list(leaves)}")
     by_name = dict(mods)
     bad = [n for n in hits if not isinstance(by_name[n], types_ok + (AdapterLayer,))]
     if bad:

@@ -11,7 +11,7 @@ from typing import ClassVar, Optional, Union
 import torch
 from torch import nn
 from fastcore.basics import patch
-from ...core import LinearAdapterLayer, PeftConfig, match_name, register_method, role_targets
+from ...core import Fold, LinearAdapterLayer, PeftConfig, match_name, register_method, role_targets
 from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/22_ia3.ipynb #f49df974
@@ -45,30 +45,12 @@ class IA3Layer(LinearAdapterLayer):
 
 # %% ../../../nbs/22_ia3.ipynb #49ca3696
 @patch
-def _scale_base(self:IA3Layer, name:str, inverse:bool=False):
-    "W ← diag(l) W (output side, bias too) or W diag(l) (input side); `inverse` divides instead."
-    l = self.ia3_l[name].detach()
-    l = 1 / l if inverse else l
-    w, b = self.base_layer.weight, self.base_layer.bias
-    W = self.weight_oi()                                   # (d_out, d_in) view of the stored weight
-    with torch.no_grad():
-        W.copy_((W.to(l.dtype) * l).to(W.dtype))           # (d_out, 1) scales rows, (1, d_in) scales columns
-        if b is not None and not self.feedforward[name]: b.copy_((b.to(l.dtype) * l.flatten()).to(b.dtype))
-
-@patch
-def merge(self:IA3Layer, adapter_names:list=None, safe_merge:bool=False):
-    "Fold the (default: active) adapters' vectors into the base weight and bias."
-    for name in adapter_names or self.active_adapters:
-        if name in self.merged_adapters or name not in self.ia3_l: continue
-        l = self.ia3_l[name]
-        if safe_merge and not (torch.isfinite(l).all() and (l != 0).all()):
-            raise ValueError(f"merging adapter {name!r}: its vector has a zero or non-finite entry, so the merge could not be undone; nothing was merged")
-        self._scale_base(name); self.merged_adapters.append(name)
-
-@patch
-def unmerge(self:IA3Layer):
-    "Divide every merged vector out again, last merged first."
-    while self.merged_adapters: self._scale_base(self.merged_adapters.pop(), inverse=True)
+def fold(self:IA3Layer, name:str)->dict:
+    "W ← W diag(l) on the input side, else diag(l) W and b ← l ⊙ b: scales, laid out as the stored weight."
+    l = self.ia3_l[name].detach()                          # (d_out, 1) scales rows, (1, d_in) columns
+    out = {"weight": Fold(scale=self.to_weight_layout(l))}
+    if self.base_layer.bias is not None and not self.feedforward[name]: out["bias"] = Fold(scale=l.flatten())
+    return out
 
 # %% ../../../nbs/22_ia3.ipynb #8055f47b
 @register_method("ia3")

@@ -111,6 +111,7 @@ def _init_rows(cfg, emb:nn.Embedding, l:int)->torch.Tensor:
 @dataclass
 class PromptTuningConfig(PeftConfig):
     "Prompt tuning: `num_virtual_tokens` learned input embeddings in front of the text."
+    kind: ClassVar[str] = "inputs" # changes the model's inputs (the core's inputs chain)
     num_virtual_tokens: int = 20 # l, the prompt's length
     prompt_init: Literal["vocab", "random", "text"] = "vocab" # embeddings of sampled tokens, N(0, 1), or of `prompt_init_text`
     prompt_init_text: Optional[str] = None # the phrase whose embeddings start the prompt (prompt_init="text")
@@ -187,6 +188,7 @@ def _real_word_prefix(model:nn.Module, l:int)->torch.Tensor:
 @dataclass
 class PrefixTuningConfig(PeftConfig):
     "Prefix tuning: learned keys and values for `num_virtual_tokens` positions in front of every attention layer's own."
+    kind: ClassVar[str] = "inputs" # changes the model's inputs (the core's inputs chain)
     num_virtual_tokens: int = 20 # l, the prefix's length
     prefix_projection: bool = False # train the table through the paper's MLP (dropped at save)
     encoder_hidden_size: Optional[int] = None # the MLP's hidden width (default: the model's width)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from transformers.pytorch_utils import Conv1D
-from ...core import AdapterLayer, LinearAdapterLayer, PeftConfig, register_method
+from ...core import AdapterLayer, Fold, LinearAdapterLayer, PeftConfig, register_method
 from ...core.layer import base_of, layer_input, routing_groups, train_dtype, with_input
 from .ia3 import IA3Config, IA3Layer
 
@@ -34,12 +34,11 @@ def pasta_params(n_layers:int, n_special:int, d:int)->int:
 class SSFLayer(AdapterLayer):
     "A Linear, Conv1D or LayerNorm whose output channels are scaled by γ and shifted by β: y ← γ ⊙ y + β."
     adapter_layer_names = ("ssf_scale", "ssf_shift")
-    other_param_names = ("made_bias",)
     wraps = (nn.Linear, Conv1D, nn.LayerNorm)
 
     def __init__(self, base_layer):
         super().__init__(base_layer)
-        self.ssf_scale, self.ssf_shift, self.made_bias = nn.ParameterDict(), nn.ParameterDict(), {}
+        self.ssf_scale, self.ssf_shift = nn.ParameterDict(), nn.ParameterDict()
 
     def width(self)->int:
         m = base_of(self.base_layer)
@@ -60,35 +59,11 @@ class SSFLayer(AdapterLayer):
 
 # %% ../../../nbs/25_scale_shift.ipynb #a99a415e
 @patch
-def merge(self:SSFLayer, adapter_names:list=None, safe_merge:bool=False):
-    "Fold γ and β into the wrapped operation: W ← diag(γ) W, b ← γ ⊙ b + β (a zero bias is made where the layer had none)."
-    m = base_of(self.base_layer)
-    if self.base_layer is not m: raise ValueError("SSF merges into the module it wraps; merge the adapters stacked under it first")
-    for name in adapter_names or self.active_adapters:
-        if name in self.merged_adapters or name not in self.ssf_scale: continue
-        g, b = self.ssf_scale[name].detach(), self.ssf_shift[name].detach()
-        if safe_merge and not (torch.isfinite(g).all() and (g != 0).all() and torch.isfinite(b).all()):
-            raise ValueError(f"merging adapter {name!r}: a zero or non-finite scale cannot be undone; nothing was merged")
-        self.made_bias[name] = m.bias is None
-        if m.bias is None: m.bias = nn.Parameter(torch.zeros(self.width(), device=m.weight.device, dtype=m.weight.dtype), requires_grad=False)
-        with torch.no_grad():
-            W = m.weight
-            W.copy_((W.to(g.dtype) * (g if isinstance(m, Conv1D) else g[:, None] if W.dim() == 2 else g)).to(W.dtype))
-            m.bias.copy_((m.bias.to(g.dtype) * g + b).to(m.bias.dtype))
-        self.merged_adapters.append(name)
-
-@patch
-def unmerge(self:SSFLayer):
-    "Undo the merges, last first: b ← (b − β) / γ, W ← diag(1/γ) W; a bias made by the merge is removed."
-    m = base_of(self.base_layer)
-    while self.merged_adapters:
-        name = self.merged_adapters.pop()
-        g, b = self.ssf_scale[name].detach(), self.ssf_shift[name].detach()
-        with torch.no_grad():
-            W = m.weight
-            W.copy_((W.to(g.dtype) / (g if isinstance(m, Conv1D) else g[:, None] if W.dim() == 2 else g)).to(W.dtype))
-            if self.made_bias.pop(name): m.bias = None
-            else: m.bias.copy_(((m.bias.to(g.dtype) - b) / g).to(m.bias.dtype))
+def fold(self:SSFLayer, name:str)->dict:
+    "W ← diag(γ) W and b ← γ ⊙ b + β = (b + β/γ) ⊙ γ, laid out as the wrapped module stores them."
+    m, g, b = base_of(self.base_layer), self.ssf_scale[name].detach(), self.ssf_shift[name].detach()
+    per_row = g if isinstance(m, Conv1D) or m.weight.dim() == 1 else g[:, None]   # Conv1D: (d_in, d_out); LayerNorm: (d,)
+    return {"weight": Fold(scale=per_row), "bias": Fold(shift=b / g, scale=g)}
 
 # %% ../../../nbs/25_scale_shift.ipynb #73a6ec1b
 class _AllOps(dict):
@@ -108,7 +83,7 @@ class MoVLayer(IA3Layer):
     "(IA)³ with `E` expert vectors and a router: each token's scale is Σₑ softmax(W_r x)ₑ lₑ."
     adapter_layer_names = ("mov_experts", "mov_router")
     other_param_names = ("feedforward",)
-    mergeable = False
+    mergeable = False   # its scale depends on each token (the router): no fixed change of the weight
 
     def __init__(self, base_layer):
         LinearAdapterLayer.__init__(self, base_layer)
@@ -135,9 +110,6 @@ class MoVLayer(IA3Layer):
     def combine(self, x, result, name):
         if self.feedforward[name]: return result
         return (result.to(self.adapter_dtype) * self.scale(x, name)).to(result.dtype)
-
-    def merge(self, adapter_names=None, safe_merge=False): raise TypeError("MoV's scale depends on each token (its router): it cannot be merged")
-    def unmerge(self): pass
 
 # %% ../../../nbs/25_scale_shift.ipynb #c771513f
 @register_method("mov")
@@ -209,9 +181,6 @@ class SpecialTokenFinder(AdapterLayer):
             for j, t in enumerate(self.special_ids[n]): idx[ids == t] = j
             self.where[n]["index"] = idx
         return self.base_layer(ids, *args, **kwargs)
-
-    def merge(self, adapter_names=None, safe_merge=False): pass
-    def unmerge(self): pass
 
 # %% ../../../nbs/25_scale_shift.ipynb #d73157c8
 _BLOCKS = r".*(encoder\.layer|layers|\.h|block)\.\d+"

@@ -36,6 +36,7 @@ _SHARED = ("exclude_modules", "layers_to_transform", "layers_pattern")
 @dataclass
 class HybridConfig(PeftConfig):
     "A method made of other methods' configs (its parts), all under one adapter name; each part injects as it would alone."
+    kind: ClassVar[str] = "hybrid" # combines other methods' configs (its parts)
     def parts(self, model:nn.Module=None)->list[PeftConfig]:
         "The parts' configs, in the order they are injected; a subclass builds them from its fields (and the model, when a part's size depends on it)."
         raise NotImplementedError

@@ -9,7 +9,7 @@ __all__ = ['SIZES', 'PREFIX_LENGTHS', 'GROUPINGS', 'STRATEGIES', 'AutoPEFTConfig
 
 # %% ../../../nbs/42_search.ipynb #6e454ac5
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 from ...core import PeftConfig, register_method
 from .combined import HybridConfig
 from ..additive.adapters import ParallelAdapterConfig, PfeifferConfig
@@ -151,6 +151,7 @@ class LayerPrefix(Prefix):
 @dataclass
 class LayerPrefixPart(PeftConfig):
     "Prefix tuning with a length per layer (0: none): a part for hybrids that prefix some layers only."
+    kind: ClassVar[str] = "inputs" # changes the model's inputs (the core's inputs chain)
     lengths: list[int] = field(default_factory=list) # one length per layer
 
     def inject(self, ctx):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
-from ...core import AdapterLayer, register_method
+from ...core import AdapterLayer, Fold, register_method
 from .lora import LoraConfig, LoraLayer
 
 # %% ../../../nbs/11_dora.ipynb #61a619d0
@@ -31,12 +31,10 @@ def dora_norm(W:torch.Tensor, # (d_out, d_in) base weight
 class DoraLayer(LoraLayer):
     "A LoRA layer whose DoRA adapters rescale each output by m / ||W + sBA||."
     adapter_layer_names = ("lora_A", "lora_B", "lora_init", "lora_magnitude_vector")
-    other_param_names = LoraLayer.other_param_names + ("_merge_norm",)
 
     def __init__(self, base_layer):
         super().__init__(base_layer)
         self.lora_magnitude_vector = nn.ParameterDict()
-        self._merge_norm = {}
 
     def update_layer(self, name:str, cfg):
         if cfg.init_lora_weights not in (True, False, "gaussian") and self.lora_magnitude_vector:
@@ -61,34 +59,13 @@ class DoraLayer(LoraLayer):
 
 # %% ../../../nbs/11_dora.ipynb #44ea1cc0
 @patch
-def merge(self:DoraLayer, adapter_names:list=None, safe_merge:bool=False):
-    "Fold adapters into W; a DoRA adapter's W' = g·(W + sBA), with g's norm kept for unmerge."
-    for name in adapter_names or self.active_adapters:
-        if name in self.merged_adapters or name not in self.adapter_names: continue
-        if name not in self.lora_magnitude_vector: LoraLayer.merge(self, [name], safe_merge); continue
-        if self.merged_adapters: raise ValueError(f"DoRA adapter {name!r} rescales the whole weight: unmerge {self.merged_adapters} before merging it")
-        w = self.base_layer.weight
-        n = self.weight_norm(name)
-        g = (self.lora_magnitude_vector[name].detach() / n).view(-1, 1)
-        g = g.T if self.fan_in_fan_out else g
-        new = (g * (w.data.to(g.dtype) + self.get_delta_weight(name))).to(w.dtype)
-        if safe_merge and not torch.isfinite(new).all():
-            raise ValueError(f"merging adapter {name!r} gives non-finite weights; the adapter is broken, nothing was merged")
-        w.data = new
-        self._merge_norm[name] = n
-        self.merged_adapters.append(name)
-
-@patch
-def unmerge(self:DoraLayer):
-    "Undo every merge, last first: W = W'/g - sBA for DoRA adapters."
-    w = self.base_layer.weight
-    while self.merged_adapters:
-        name = self.merged_adapters.pop()
-        if name not in self.lora_magnitude_vector:
-            w.data -= self.get_delta_weight(name).to(w.dtype); continue
-        g = (self.lora_magnitude_vector[name].detach() / self._merge_norm.pop(name)).view(-1, 1)
-        g = g.T if self.fan_in_fan_out else g
-        w.data = (w.data.to(g.dtype) / g - self.get_delta_weight(name)).to(w.dtype)
+def fold(self:DoraLayer, name:str)->dict:
+    "A LoRA adapter's fold, or a DoRA adapter's W' = g·(W + sBA), g = m/||W + sBA|| per output row."
+    if name not in self.lora_magnitude_vector: return LoraLayer.fold(self, name)
+    if (others := [n for n in self.merged_adapters if n != name]):
+        raise ValueError(f"DoRA adapter {name!r} rescales the whole weight: unmerge {others} before merging it")
+    g = (self.lora_magnitude_vector[name].detach() / self.weight_norm(name)).view(-1, 1)
+    return {"weight": Fold(shift=self.get_delta_weight(name), scale=g.T if self.fan_in_fan_out else g)}
 
 # %% ../../../nbs/11_dora.ipynb #b557a4b1
 @register_method("dora")

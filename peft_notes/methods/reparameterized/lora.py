@@ -14,7 +14,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
-from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, layer_input, register_method
+from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, layer_input, list_methods, register_method
 
 # %% ../../../nbs/10_lora.ipynb #738ead2d
 class LoraLayer(LinearAdapterLayer):
@@ -239,6 +239,11 @@ def after_load(self:LoraLayer, name:str):
     self._shift_base(name, +1, A0, B0); self._shift_base(name, -1)
     self._residual[name] = (init.A0.clone(), init.B0.clone())
 
+@patch
+def mixed_batch_refusal(self:LoraLayer):
+    "A PiSSA/OLoRA adapter rewrote the base weight into a residual: the other rows of a mixed batch would miss its principal part."
+    return "a PiSSA/OLoRA adapter (its base weight is a residual)" if self.lora_init else None
+
 # %% ../../../nbs/10_lora.ipynb #e24fdc65
 def _residual_to_lora(tensors:dict)->dict:
     "Replace each (A, B, A0, B0) by the rank-2r pair [A; A0], [B | -B0] of the update s(BA - B0A0)."
@@ -278,10 +283,7 @@ def from_hf(cls:LoraConfig, d:dict, tensors:dict)->tuple:
     if how == "olora" and d.get("fan_in_fan_out"): raise ValueError("PEFT's OLoRA on Conv1D layers decomposes the transposed weight; not reproduced here")
     kw = dict(r=d["r"], alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0), bias=d.get("bias", "none"),
               use_rslora=d.get("use_rslora", False), init_lora_weights=how, **hf_common_kwargs(d, tensors))
-    if d.get("use_dora"):
-        from peft_notes.methods.reparameterized.dora import DoraConfig
-        return DoraConfig(**kw), tensors
-    return LoraConfig(**kw), tensors
+    return (list_methods()["dora"] if d.get("use_dora") else LoraConfig)(**kw), tensors   # DoRA through the registry: no import of its module
 
 @patch
 def derived_from_base(self:LoraConfig, key:str)->bool:

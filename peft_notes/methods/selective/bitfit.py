@@ -27,6 +27,7 @@ def _own_bias(m:nn.Module)->Optional[nn.Parameter]:
 @dataclass
 class BitFitConfig(PeftConfig):
     "BitFit: train the biases only, each adapter as its own delta of the base's biases."
+    kind: ClassVar[str] = "tensor_delta" # owns deltas of the base's own tensors
     biases: Literal["all", "query_ffn"] = "all" # every bias but the head's, or the paper's reduced variant (query and feed-forward intermediate)
     layer_cls: ClassVar[type] = TensorDeltaLayer
     default_target_modules: ClassVar[dict] = role_targets("q", "ffn_in")   # used by biases="query_ffn"

@@ -117,6 +117,7 @@ def fisher_information(model:nn.Module, batches, tensors:list, n_samples:int=256
 @dataclass
 class SparseDeltaConfig(PeftConfig):
     "What the unstructured selective methods share: a density over the candidate tensors, and the selection, saved as each tensor's count."
+    kind: ClassVar[str] = "tensor_delta" # owns deltas of the base's own tensors
     density: float = 0.005 # share of the candidate entries that train (diff pruning's 0.5%)
     pattern: Optional[dict] = None # written at save time: "module.tensor" -> the number of entries chosen in it
     layer_cls: ClassVar[type] = SparseDeltaLayer

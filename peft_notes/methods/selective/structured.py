@@ -36,6 +36,7 @@ def is_norm(m:nn.Module)->bool:
 @dataclass
 class LNTuningConfig(PeftConfig):
     "LN-tuning: train only the normalisation layers' gains and shifts, each adapter as its own delta of them."
+    kind: ClassVar[str] = "tensor_delta" # owns deltas of the base's own tensors
     layer_cls: ClassVar[type] = TensorDeltaLayer
     hf_peft_type: ClassVar[Optional[str]] = "LN_TUNING"
 
@@ -94,6 +95,7 @@ def _block_of(name:str, patterns=None)->Optional[tuple]:
 @dataclass
 class PartialConfig(PeftConfig):
     "Partial fine-tuning: every tensor of the top `top_k` transformer blocks trains (of each stack: an encoder–decoder's both), as per-adapter deltas."
+    kind: ClassVar[str] = "tensor_delta" # owns deltas of the base's own tensors
     top_k: int = 1 # how many of the last blocks train, in each stack of blocks
     layer_cls: ClassVar[type] = TensorDeltaLayer
 
@@ -131,6 +133,7 @@ def xattn_tuning_params(d_model:int, d_attn:int, decoder_layers:int, bias:bool=F
 @dataclass
 class XattnTuningConfig(PeftConfig):
     "Cross-attention tuning: only the decoder's attention over the encoder's output trains — every tensor of its projections, as per-adapter deltas."
+    kind: ClassVar[str] = "tensor_delta" # owns deltas of the base's own tensors
     layer_cls: ClassVar[type] = TensorDeltaLayer
 
     def inject(self, ctx):
