@@ -4,11 +4,13 @@
 
 # %% auto #0
 __all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'PENDING', 'finish_pending', 'atomic_write', 'adapter_file', 'read_safetensors',
-           'read_config']
+           'read_config', 'hf_targets', 'conv1d_targets', 'hf_base_fields', 'refuse_unsupported', 'saved_heads',
+           'hf_common_kwargs']
 
 # %% ../../nbs/00e_core_files.ipynb #b781bbbf
 import json, os, warnings
 from pathlib import Path
+from typing import Optional
 import torch
 from torch import nn
 from fastcore.basics import patch
@@ -17,6 +19,7 @@ from safetensors.torch import save_file
 from .config import PeftConfig, short_list
 from dataclasses import replace
 from .model import PeftModel, roll_back, weights_snapshot
+from .targets import match_name
 
 # %% ../../nbs/00e_core_files.ipynb #7c6bfe1f
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -192,3 +195,37 @@ def load_adapter_weights(self:PeftModel, model_id, # folder with adapter_model.s
     name = adapter_name or self.active_adapter
     if name not in self.peft_config: raise KeyError(f"no adapter {name!r}; this model has {sorted(self.peft_config)}")
     self._load_tensors(name, read_safetensors(adapter_file(model_id, WEIGHTS_NAME)), source=str(model_id))
+
+# %% ../../nbs/00e_core_files.ipynb #0123cb1b
+_TASK_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"], "QUESTION_ANS": ["qa_outputs"]}
+
+def hf_targets(ctx)->list[str]:
+    "The resolved names of the modules adapter `ctx.name` wraps (its own layers, not the heads it copies)."
+    return sorted(p for p, _ in ctx.layers(ctx.config.layer_cls))
+
+def conv1d_targets(ctx)->list[str]:
+    "The wrapped modules whose weight is stored transposed (GPT-2's `Conv1D`): PEFT's `fan_in_fan_out`."
+    return [p for p, l in ctx.layers(ctx.config.layer_cls) if l.fan_in_fan_out]
+
+def hf_base_fields(ctx)->dict:
+    "The config fields every PEFT method has, for adapter `ctx.name`."
+    cfg = ctx.config
+    return {"task_type": None, "target_modules": hf_targets(ctx), "exclude_modules": None, "modules_to_save": cfg.modules_to_save,
+            "layers_to_transform": None, "layers_pattern": None, "inference_mode": True, "base_model_name_or_path": cfg.base_model_name_or_path}
+
+def refuse_unsupported(d:dict, unsupported:dict, what:str):
+    "Raise naming every PEFT option in `d` that is set to something other than its neutral value."
+    bad = [k for k, ok in unsupported.items() if d.get(k, ok) not in (ok, None, {}, False, 0, 0.0)]
+    if bad: raise ValueError(f"this PEFT {what} adapter uses {bad}, which peft_notes' {what} does not implement")
+
+def saved_heads(d:dict, keys)->Optional[list]:
+    "The heads (`modules_to_save`, or the task type's) whose weights the PEFT file carries."
+    saved = [k.removeprefix("base_model.model.") for k in keys if ".lora_" not in k and not k.endswith("bias")]
+    heads = [t for t in (d.get("modules_to_save") or []) + _TASK_HEADS.get(d.get("task_type"), [])
+             if any(match_name(k.rsplit(".", 1)[0], [t]) or any(match_name(k.rsplit(".", i)[0], [t]) for i in (2, 3)) for k in saved)]
+    return sorted(set(heads)) or None
+
+def hf_common_kwargs(d:dict, tensors:dict)->dict:
+    "Our config fields that every PEFT config carries, read from PEFT's config dict."
+    return dict(target_modules=d["target_modules"], exclude_modules=d.get("exclude_modules"), layers_to_transform=d.get("layers_to_transform"),
+                layers_pattern=d.get("layers_pattern"), modules_to_save=saved_heads(d, tensors), base_model_name_or_path=d.get("base_model_name_or_path"))

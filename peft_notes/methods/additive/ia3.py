@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from ...core import Fold, LinearAdapterLayer, PeftConfig, match_name, register_method, role_targets
-from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/22_ia3.ipynb #f49df974
 def ia3_params(n_layers:int, d_k:int, d_v:int, d_ff:int)->int:

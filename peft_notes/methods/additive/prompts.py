@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['prompt_tuning_params', 'prefix_tuning_params', 'kv_geometry', 'SoftPrompt', 'PromptTuningConfig', 'Prefix',
-           'PrefixTuningConfig', 'hf_task_type']
+           'PrefixTuningConfig', 'hf_task_type', 'hf_prompt_fields', 'from_hf_prompt']
 
 # %% ../../../nbs/21_prompts.ipynb #eaac172e
 import math
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from transformers import DynamicCache
-from ...core import InputsAdapter, PeftConfig, cache_arg, register_method
+from ...core import InputsAdapter, PeftConfig, cache_arg, check_positions, config_value, register_method, token_embedding
 from ...core.layer import train_dtype
 
 # %% ../../../nbs/21_prompts.ipynb #6b7c6087
@@ -29,34 +29,13 @@ def prefix_tuning_params(l:int, n_layers:int, d_kv:int, mlp_hidden:int=None, d:i
     return l * d + d * mlp_hidden + mlp_hidden + mlp_hidden * out + out
 
 # %% ../../../nbs/21_prompts.ipynb #5fb1cd46
-def _cfg(model, *names, default=None):
-    c = getattr(model, "config", None)
-    for n in names:
-        if getattr(c, n, None) is not None: return getattr(c, n)
-    return default
-
 def kv_geometry(model:nn.Module)->tuple[int, int, int]:
     "(layers, key/value heads, head width) of a transformers model, read from its config."
-    L = _cfg(model, "num_hidden_layers", "n_layer", "num_layers")
-    H = _cfg(model, "num_attention_heads", "n_head", "num_heads")
+    L = config_value(model, "num_hidden_layers", "n_layer", "num_layers")
+    H = config_value(model, "num_attention_heads", "n_head", "num_heads")
     if L is None or H is None: raise ValueError(f"{type(model).__name__}: its config names no layer or head count, so the prefix's shape is unknown")
-    d = _cfg(model, "hidden_size", "n_embd", "d_model")
-    return L, _cfg(model, "num_key_value_heads", default=H), _cfg(model, "head_dim", default=d // H)
-
-def _token_inputs(model:nn.Module, what:str)->nn.Embedding:
-    "The model's input embedding table; a clear error for models that take no tokens (ViT: see VPT)."
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if not isinstance(emb, nn.Embedding):
-        raise ValueError(f"{what} puts vectors among the input tokens, and {type(model).__name__} has no token embedding table "
-                         "(for images, visual prompt tuning is the counterpart)")
-    return emb
-
-def _check_positions(model:nn.Module, l:int, T:int=0, what:str="the prompt"):
-    "A clear error when `l` virtual plus `T` text positions exceed the positions the model's config declares."
-    n = _cfg(model, "max_position_embeddings", "n_positions")
-    if n is not None and l + T > n:
-        raise ValueError(f"{what} of {l} virtual tokens{f' plus {T} text tokens' if T else ''} needs {l + T} positions; "
-                         f"the model has {n} (max_position_embeddings)")
+    d = config_value(model, "hidden_size", "n_embd", "d_model")
+    return L, config_value(model, "num_key_value_heads", default=H), config_value(model, "head_dim", default=d // H)
 
 # %% ../../../nbs/21_prompts.ipynb #d3f7d139
 class SoftPrompt(InputsAdapter):
@@ -80,7 +59,7 @@ class SoftPrompt(InputsAdapter):
             emb = model.get_input_embeddings()(ids)
         P = self.rows()
         B, l = emb.shape[0], P.shape[0]
-        if not getattr(model.config, "is_encoder_decoder", False): _check_positions(model, l, emb.shape[1])
+        if not getattr(model.config, "is_encoder_decoder", False): check_positions(model, l, emb.shape[1])
         inputs["inputs_embeds"] = torch.cat([P.to(emb.dtype).expand(B, -1, -1), emb], 1)
         if (m := inputs.get("attention_mask")) is not None: inputs["attention_mask"] = torch.cat([m.new_ones(B, l), m], 1)
         if (t := inputs.get("token_type_ids")) is not None: inputs["token_type_ids"] = torch.cat([t.new_zeros(B, l), t], 1)
@@ -125,8 +104,8 @@ class PromptTuningConfig(PeftConfig):
             raise ValueError("prompt_init='text' needs prompt_init_text and tokenizer_name_or_path")
 
     def inject(self, ctx):
-        emb = _token_inputs(ctx.base, "prompt tuning")
-        if not getattr(ctx.base.config, "is_encoder_decoder", False): _check_positions(ctx.base, self.num_virtual_tokens)
+        emb = token_embedding(ctx.base, "prompt tuning")
+        if not getattr(ctx.base.config, "is_encoder_decoder", False): check_positions(ctx.base, self.num_virtual_tokens)
         ctx.set_inputs(SoftPrompt(_init_rows(self, emb, self.num_virtual_tokens)))
 
 # %% ../../../nbs/21_prompts.ipynb #577f4e58
@@ -167,7 +146,7 @@ class Prefix(InputsAdapter):
         x = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
         if x is None: raise ValueError("prefix tuning needs input_ids or inputs_embeds")
         B, l = x.shape[0], self.table().shape[0]
-        _check_positions(model, l, x.shape[1], "the prefix")
+        check_positions(model, l, x.shape[1], "the prefix")
         inputs[arg] = self.cache(model, B)
         if (m := inputs.get("attention_mask")) is not None: inputs["attention_mask"] = torch.cat([m.new_ones(B, l), m], 1)
         return inputs
@@ -177,7 +156,7 @@ class Prefix(InputsAdapter):
 # %% ../../../nbs/21_prompts.ipynb #92a2b7c0
 def _real_word_prefix(model:nn.Module, l:int)->torch.Tensor:
     "The (l, 2·L·H_kv·d_h) keys and values of `l` sampled tokens at every layer (Li and Liang's real-word start)."
-    emb = _token_inputs(model, "prefix tuning")
+    emb = token_embedding(model, "prefix tuning")
     ids = torch.randint(0, emb.num_embeddings, (1, l), device=emb.weight.device)
     with torch.no_grad(): c = getattr(out := model(input_ids=ids, use_cache=True), "cache", None) or out.past_key_values
     L, H, dh = kv_geometry(model)
@@ -208,8 +187,8 @@ class PrefixTuningConfig(PeftConfig):
                              "needs prefixes for its encoder, decoder and cross-attention, which are not implemented")
         L, H, dh = kv_geometry(base)
         l, width = self.num_virtual_tokens, 2 * L * H * dh
-        emb = _token_inputs(base, "prefix tuning")
-        _check_positions(base, l, 0, "the prefix")
+        emb = token_embedding(base, "prefix tuning")
+        check_positions(base, l, 0, "the prefix")
         if self.prefix_projection:
             prefix = Prefix(mlp=(l, emb.embedding_dim, self.encoder_hidden_size or emb.embedding_dim, width))
         elif self.prefix_init == "vocab": prefix = Prefix(_real_word_prefix(base, l))
@@ -228,12 +207,14 @@ def hf_task_type(model:nn.Module)->str:
         if name.endswith(suffix): return task
     raise ValueError(f"Hugging Face PEFT runs prompt methods through a task model; {name} is not one it knows")
 
-def _hf_prompt_fields(ctx, n:int)->dict:
+def hf_prompt_fields(ctx, n:int)->dict:
+    "The fields every PEFT prompt-learning config carries, for `n` virtual tokens on adapter `ctx.name`'s base."
     L, H, dh = kv_geometry(ctx.base)
     return {"task_type": hf_task_type(ctx.base), "num_virtual_tokens": n, "num_transformer_submodules": 1, "num_layers": L,
             "inference_mode": True, "base_model_name_or_path": ctx.config.base_model_name_or_path, "modules_to_save": ctx.config.modules_to_save}
 
-def _from_hf_prompt(d:dict, tensors:dict, what:str)->dict:
+def from_hf_prompt(d:dict, tensors:dict, what:str)->dict:
+    "Our config fields from a PEFT prompt-learning config and its file, refusing what peft_notes does not read (`what`: the method, for the messages)."
     if (d.get("num_transformer_submodules") or 1) != 1:
         raise ValueError(f"this PEFT {what} adapter prompts an encoder-decoder's two stacks (num_transformer_submodules=2), which peft_notes does not read")
     if "prompt_embeddings" not in tensors: raise ValueError(f"this PEFT {what} file has no prompt_embeddings")
@@ -245,22 +226,22 @@ def _from_hf_prompt(d:dict, tensors:dict, what:str)->dict:
 def to_hf(self:PromptTuningConfig, ctx, tensors:dict)->tuple[dict, dict]:
     "PEFT's PromptTuningConfig (its init is irrelevant once the weights are there: RANDOM, so PEFT reads no tokenizer)."
     d = ctx.inputs.prompt_embeddings.shape[1]
-    return {"peft_type": "PROMPT_TUNING", **_hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
-            "num_attention_heads": _cfg(ctx.base, "num_attention_heads", "n_head", "num_heads"),
+    return {"peft_type": "PROMPT_TUNING", **hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
+            "num_attention_heads": config_value(ctx.base, "num_attention_heads", "n_head", "num_heads"),
             "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None}, tensors
 
 @patch(cls_method=True)
 def from_hf(cls:PromptTuningConfig, d:dict, tensors:dict)->tuple:
-    return cls(**_from_hf_prompt(d, tensors, "prompt tuning"), prompt_init="random"), tensors
+    return cls(**from_hf_prompt(d, tensors, "prompt tuning"), prompt_init="random"), tensors
 
 @patch
 def to_hf(self:PrefixTuningConfig, ctx, tensors:dict)->tuple[dict, dict]:
     "PEFT's PrefixTuningConfig for the saved table (its key/value width and heads, grouped-query models included)."
     _, H, dh = kv_geometry(ctx.base)
-    return {"peft_type": "PREFIX_TUNING", **_hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": H * dh,
+    return {"peft_type": "PREFIX_TUNING", **hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": H * dh,
             "num_attention_heads": H, "encoder_hidden_size": H * dh, "prefix_projection": False}, tensors
 
 @patch(cls_method=True)
 def from_hf(cls:PrefixTuningConfig, d:dict, tensors:dict)->tuple:
     "A PEFT prefix (trained with or without its MLP: the file holds the table either way)."
-    return cls(**_from_hf_prompt(d, tensors, "prefix tuning")), tensors
+    return cls(**from_hf_prompt(d, tensors, "prefix tuning")), tensors

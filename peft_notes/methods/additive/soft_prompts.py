@@ -17,8 +17,9 @@ from torch import nn
 from fastcore.basics import patch
 from ...core import AdapterLayer, InputsAdapter, PeftConfig, register_method
 from ...core.layer import base_of, layer_input, routing_groups, train_dtype
-from .prompts import (Prefix, PrefixTuningConfig, PromptTuningConfig, SoftPrompt, _cfg, _from_hf_prompt,
-                                                 _check_positions, _hf_prompt_fields, _token_inputs, kv_geometry)
+from ...core import check_positions, config_value, token_embedding
+from .prompts import (Prefix, PrefixTuningConfig, PromptTuningConfig, SoftPrompt, from_hf_prompt,
+                                                 hf_prompt_fields, kv_geometry)
 
 # %% ../../../nbs/24_soft_prompts.ipynb #f4393901
 def p_tuning_params(l:int, d:int, h:int=None, encoder:str="MLP", num_layers:int=2)->int:
@@ -76,8 +77,8 @@ class PTuningConfig(PromptTuningConfig):
 
     def inject(self, ctx):
         if not self.reparameterize: return PromptTuningConfig.inject(self, ctx)
-        emb = _token_inputs(ctx.base, "p-tuning")
-        if not getattr(ctx.base.config, "is_encoder_decoder", False): _check_positions(ctx.base, self.num_virtual_tokens)
+        emb = token_embedding(ctx.base, "p-tuning")
+        if not getattr(ctx.base.config, "is_encoder_decoder", False): check_positions(ctx.base, self.num_virtual_tokens)
         enc = PromptEncoder(self.num_virtual_tokens, emb.embedding_dim, self.encoder_hidden_size or emb.embedding_dim,
                             self.encoder_reparameterization_type, self.encoder_num_layers, self.encoder_dropout)
         ctx.set_inputs(EncodedPrompt(enc).to(emb.weight.device))
@@ -89,15 +90,15 @@ class PTuningConfig(PromptTuningConfig):
 def to_hf(self:PTuningConfig, ctx, tensors:dict)->tuple[dict, dict]:
     "PEFT's PromptEncoderConfig, read in inference mode: PEFT loads the rows into its embedding and builds no encoder."
     d = tensors["prompt_embeddings"].shape[1]
-    return {"peft_type": "P_TUNING", **_hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
-            "num_attention_heads": _cfg(ctx.base, "num_attention_heads", "n_head", "num_heads"),
+    return {"peft_type": "P_TUNING", **hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
+            "num_attention_heads": config_value(ctx.base, "num_attention_heads", "n_head", "num_heads"),
             "encoder_reparameterization_type": self.encoder_reparameterization_type, "encoder_hidden_size": self.encoder_hidden_size or d,
             "encoder_num_layers": self.encoder_num_layers, "encoder_dropout": self.encoder_dropout}, tensors
 
 @patch(cls_method=True)
 def from_hf(cls:PTuningConfig, d:dict, tensors:dict)->tuple:
     "A PEFT P-tuning file: the encoder's output rows (PEFT saves those, not the encoder)."
-    return cls(**_from_hf_prompt(d, tensors, "p-tuning"), reparameterize=False, prompt_init="random",
+    return cls(**from_hf_prompt(d, tensors, "p-tuning"), reparameterize=False, prompt_init="random",
                encoder_reparameterization_type=d.get("encoder_reparameterization_type") or "MLP"), tensors
 
 # %% ../../../nbs/24_soft_prompts.ipynb #a024337a

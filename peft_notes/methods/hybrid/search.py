@@ -93,7 +93,8 @@ from torch import nn
 from transformers import DynamicCache
 from ...core.layer import layer_input
 from .combined import tap_attention
-from ..additive.prompts import Prefix, kv_geometry, _check_positions, _token_inputs
+from ...core import check_positions, token_embedding
+from ..additive.prompts import Prefix, kv_geometry
 from ..reparameterized.lora import LoraConfig
 from ..selective.bitfit import BitFitConfig
 
@@ -160,7 +161,7 @@ class LayerPrefixPart(PeftConfig):
         L, H, dh = kv_geometry(base)
         if len(self.lengths) != L or min(self.lengths) < 0 or not max(self.lengths):
             raise ValueError(f"LayerPrefixPart.lengths: one length (>= 0, not all 0) per layer of the {L}, got {self.lengths}")
-        emb = _token_inputs(base, "prefix tuning"); _check_positions(base, max(self.lengths), 0, "the prefix")
+        emb = token_embedding(base, "prefix tuning"); check_positions(base, max(self.lengths), 0, "the prefix")
         ctx.set_inputs(LayerPrefix(self.lengths, 2 * H * dh).to(emb.weight.device))
         tap_attention(ctx)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
-from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import hf_base_fields, hf_common_kwargs, refuse_unsupported
 from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, layer_input, list_methods, register_method
 
 # %% ../../../nbs/10_lora.ipynb #738ead2d

@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
-from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import hf_base_fields, hf_common_kwargs, refuse_unsupported
 from .lora import LoraConfig, LoraLayer
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #ffd364e0

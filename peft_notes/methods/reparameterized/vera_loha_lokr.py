@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
-from ...interop import conv1d_targets, hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import conv1d_targets, hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #261bea18
 class DeltaLayer(LinearAdapterLayer):

@@ -17,7 +17,7 @@ from ...core import ROLES, AdapterLayer, candidate_modules, match_name, register
 from ...core.layer import base_of, module_path
 from ..reparameterized.lora import LoraLayer
 from .sparse import SparseDeltaConfig, SparseDeltaLayer, movement, top_k_entries
-from .structured import _block_of
+from ...core import block_of
 
 # %% ../../../nbs/33_chosen.ipynb #55ba85f7
 def far_params(d_model:int, d_ff:int, share:float, blocks:int, bias:bool=True, gated:bool=False)->int:
@@ -35,7 +35,7 @@ def ffn_modules(model:nn.Module, ffn_in:list=None, ffn_out:list=None, exclude:li
     attn_out = roles.get("o", []) if ffn_out is None else []          # BERT's attention output is also an `output.dense`
     blocks = defaultdict(lambda: {"in": [], "out": []})
     for n, m in candidate_modules(model):
-        if match_name(n, exclude) or (b := _block_of(n)) is None: continue
+        if match_name(n, exclude) or (b := block_of(n)) is None: continue
         if match_name(n, fin): blocks[b]["in"].append(n)
         elif match_name(n, fout) and not match_name(n, attn_out): blocks[b]["out"].append(n)
     blocks = {b: v for b, v in blocks.items() if v["in"] and v["out"]}

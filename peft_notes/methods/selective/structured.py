@@ -13,9 +13,9 @@ import re
 import torch
 from torch import nn
 from fastcore.basics import patch
-from ...core import LAYER_PATTERNS, PeftConfig, TensorDeltaLayer, candidate_modules, head_names, layer_index, outside_heads, match_name, register_method
+from ...core import LAYER_PATTERNS, PeftConfig, TensorDeltaLayer, block_of, candidate_modules, head_names, layer_index, outside_heads, match_name, register_method
 from ...core.layer import base_of
-from ...interop import hf_base_fields, hf_common_kwargs, refuse_unsupported
+from ...core import hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/31_structured.ipynb #3fab14e4
 def ln_tuning_params(norms:list)->int:
@@ -85,12 +85,6 @@ def from_hf_base(cls:LNTuningConfig, d:dict, tensors:dict, base:nn.Module)->tupl
     return cls(**hf_common_kwargs(d, out)), out
 
 # %% ../../../nbs/31_structured.ipynb #b96f59b9
-def _block_of(name:str, patterns=None)->Optional[tuple]:
-    "(the stack's path, the block's index) of module `name` (`encoder.block.3.layer.0` -> ('encoder.block', 3)), or None."
-    pats = [patterns] if isinstance(patterns, str) else list(patterns or LAYER_PATTERNS)
-    m = re.search(rf"(?:^|\.)((?:{'|'.join(map(re.escape, pats))}))\.(\d+)(?:\.|$)", name)
-    return (name[:m.start(2) - 1], int(m.group(2))) if m else None
-
 @register_method("partial")
 @dataclass
 class PartialConfig(PeftConfig):
@@ -108,12 +102,12 @@ class PartialConfig(PeftConfig):
         mods = [(n, m) for n, m in candidate_modules(ctx.base) if any(isinstance(p, nn.Parameter) for p in base_of(m)._parameters.values())]
         blocks = {}
         for n, _ in mods:
-            if (b := _block_of(n, self.layers_pattern)) is not None: blocks.setdefault(b[0], set()).add(b[1])
+            if (b := block_of(n, self.layers_pattern)) is not None: blocks.setdefault(b[0], set()).add(b[1])
         if not blocks: raise ValueError("partial: found no numbered transformer blocks (module names like `layer.3`, `layers.3`, `h.3`, `block.3`); name them with layers_pattern")
         if (short := {s: len(i) for s, i in blocks.items() if len(i) < self.top_k}):
             raise ValueError(f"top_k={self.top_k}, but the model's block stacks are shorter: {short}")
         keep = {s: set(sorted(i)[-self.top_k:]) for s, i in blocks.items()}
-        names = [n for n, _ in mods if (b := _block_of(n, self.layers_pattern)) is not None and b[1] in keep[b[0]]]
+        names = [n for n, _ in mods if (b := block_of(n, self.layers_pattern)) is not None and b[1] in keep[b[0]]]
         if self.target_modules is not None or self.exclude_modules is not None:
             names = [n for n in names if (self.target_modules is None or match_name(n, self.target_modules)) and not match_name(n, self.exclude_modules)]
         names = outside_heads(ctx.base, names, self.modules_to_save)
