@@ -85,6 +85,15 @@ class AdapterLayer(nn.Module):
     def update_layer(self, name:str, cfg:PeftConfig): raise NotImplementedError
     def adapt_input(self, x, name:str): return x             # input-side methods ((IA)³ on the feed-forward) change x here
     def combine(self, x, result, name:str): return result    # output-side methods (LoRA: + BAx) change the result here
+    def adapt_args(self, args:tuple, kwargs:dict, name:str, rows=None)->tuple:
+        "Change the call's other arguments for adapter `name` (the residual adapter: the residual BERT adds); `rows`: only those examples. Default: none."
+        return args, kwargs
+    def restore_base(self, args:tuple, kwargs:dict, result):
+        "The output plus what the module's own output lacks whatever adapters are active (PiSSA: the principal part of residual adapters not in use); default: as it is."
+        return result
+    def fused_forward(self, x:torch.Tensor, name:str)->Optional[torch.Tensor]:
+        "A fast path: the whole output for input `x` with adapter `name` alone active, in one step (LoRA's single autograd node), or None where the method has none for this case."
+        return None
     def get_delta_weight(self, name:str)->torch.Tensor:
         raise TypeError(f"{type(self).__name__} adapters cannot be merged into the base weight")
     def get_delta(self, name:str)->dict:
@@ -101,14 +110,28 @@ class AdapterLayer(nn.Module):
 
     def forward(self, *args, **kwargs):
         if self.disabled and self.merged: self.unmerge()   # disabled means: exactly the base
-        if self.disabled or self.merged: return self.base_layer(*args, **kwargs)
-        if self.routing is not None: return self.routed_forward(args, kwargs)
-        x = x_in = layer_input(args, kwargs)               # called as transformers called us: positional or by keyword
-        for name in self.active_adapters: x_in = self.adapt_input(x_in, name)
-        if x_in is not x: args, kwargs = with_input(args, kwargs, x_in)
-        result, rest = split_output(self.base_layer(*args, **kwargs))   # adapters see the main output only
-        for name in self.active_adapters: result = self.combine(x, result, name)
-        return join_output(result, rest)
+        if (name := self.fused_candidate(args, kwargs)) is not None and (y := self.fused_forward(args[0], name)) is not None: return y
+        return self.forward_plain(*args, **kwargs)
+
+    def fused_candidate(self, args:tuple, kwargs:dict)->Optional[str]:
+        "The adapter whose `fused_forward` the core may try: one active adapter, on the module itself (no stack), one positional tensor, no routing, merge or autocast."
+        if self.disabled or self.merged or self.routing is not None or len(self.active_adapters) != 1 or len(args) != 1 or kwargs: return None
+        x = args[0]
+        if not torch.is_tensor(x) or torch.is_autocast_enabled(x.device.type) or isinstance(self.base_layer, AdapterLayer): return None
+        return self.active_adapters[0]
+
+    def forward_plain(self, *args, **kwargs):
+        "The general path: the call's arguments and input adapted, the base run once, its output combined with each active adapter in turn."
+        if self.disabled or self.merged: result, rest = split_output(self.base_layer(*args, **kwargs))
+        elif self.routing is not None: result, rest = split_output(self.routed_forward(args, kwargs))
+        else:
+            for name in self.active_adapters: args, kwargs = self.adapt_args(args, kwargs, name)
+            x = x_in = layer_input(args, kwargs)           # called as transformers called us: positional or by keyword
+            for name in self.active_adapters: x_in = self.adapt_input(x_in, name)
+            if x_in is not x: args, kwargs = with_input(args, kwargs, x_in)
+            result, rest = split_output(self.base_layer(*args, **kwargs))   # adapters see the main output only
+            for name in self.active_adapters: result = self.combine(x, result, name)
+        return join_output(self.restore_base(args, kwargs, result), rest)
 
 # %% ../../nbs/00b_core_layer.ipynb #b01c519b
 @patch
@@ -209,6 +232,7 @@ def routed_forward(self:AdapterLayer, args:tuple, kwargs:dict):
     "A mixed batch: example i goes through adapter `self.routing[i]` (none for '__base__' or one this layer lacks)."
     x = layer_input(args, kwargs)
     groups, x_in = routing_groups(self.routing, self.adapter_names, x.device), x
+    for n, idx in groups.items(): args, kwargs = self.adapt_args(args, kwargs, n, rows=idx)
     for n, idx in groups.items():
         sub = x[idx]; changed = self.adapt_input(sub, n)
         if changed is not sub:

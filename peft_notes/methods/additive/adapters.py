@@ -71,20 +71,13 @@ class BottleneckLayer(AdapterLayer):
 
 # %% ../../../nbs/23_adapters.ipynb #4c4fb8d6
 @patch
-def forward(self:BottleneckLayer, *args, **kwargs):
-    if self.disabled or "residual" not in self.placement.values(): return AdapterLayer.forward(self, *args, **kwargs)
-    args = list(args)
+def adapt_args(self:BottleneckLayer, args:tuple, kwargs:dict, name:str, rows=None)->tuple:
+    "A residual adapter: r ← r + A(r) on the residual BERT's output sublayer adds (its second input); `rows`: those examples only."
+    if self.placement[name] != "residual": return args, kwargs
     r = args[1] if len(args) > 1 else kwargs["input_tensor"]          # BertOutput.forward(hidden_states, input_tensor)
-    if self.routing is None:
-        for n in self.active_adapters:
-            if self.placement[n] == "residual": r = r + self.run(n, r)
-    else:
-        r = r.clone()
-        for n, idx in routing_groups(self.routing, [n for n in self.adapter_names if self.placement[n] == "residual"], r.device).items():
-            r[idx] = r[idx] + self.run(n, r[idx])
-    if len(args) > 1: args[1] = r
-    else: kwargs = {**kwargs, "input_tensor": r}
-    return AdapterLayer.forward(self, *args, **kwargs)
+    if rows is None: r = r + self.run(name, r)
+    else: r = r.clone(); r[rows] = r[rows] + self.run(name, r[rows])
+    return ((args[0], r, *args[2:]), kwargs) if len(args) > 1 else (args, {**kwargs, "input_tensor": r})
 
 # %% ../../../nbs/23_adapters.ipynb #f53d3766
 @dataclass

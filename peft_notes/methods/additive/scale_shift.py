@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ssf_params', 'mov_params', 'pasta_params', 'SSFLayer', 'SSFConfig', 'MoVLayer', 'MoVConfig', 'PastaLayer',
-           'SpecialTokenFinder', 'PastaConfig']
+           'find_special_tokens', 'PastaConfig']
 
 # %% ../../../nbs/25_scale_shift.ipynb #67931448
 from dataclasses import dataclass
@@ -159,28 +159,14 @@ class PastaLayer(AdapterLayer):
         return self.base_layer(*a, **k)
 
 # %% ../../../nbs/25_scale_shift.ipynb #0fc53e6e
-class SpecialTokenFinder(AdapterLayer):
-    "Wraps the input embedding: records where the special tokens are, for the PastaLayers of the same adapter; its output is unchanged."
-    adapter_layer_names = ("special_ids",)
-    other_param_names = ("where",)
-    wraps = (nn.Embedding,)
-    mergeable = False
-
-    def __init__(self, base_layer):
-        super().__init__(base_layer)
-        self.special_ids, self.where = {}, {}
-
-    def update_layer(self, name:str, cfg, where:dict):
-        self.special_ids[name], self.where[name] = list(cfg.special_token_ids), where
-
-    def adapter_params(self, name): return {}      # nothing to save: the ids are in the config
-
-    def forward(self, ids, *args, **kwargs):
-        for n in self.special_ids:
-            idx = torch.full_like(ids, -1)
-            for j, t in enumerate(self.special_ids[n]): idx[ids == t] = j
-            self.where[n]["index"] = idx
-        return self.base_layer(ids, *args, **kwargs)
+def find_special_tokens(special_ids:list, where:dict):
+    "A forward pre-hook for the input embedding: it records in `where['index']` which of `special_ids` each position holds (its index, or −1); the embedding's output is unchanged."
+    def hook(module, args, kwargs):
+        ids = layer_input(args, kwargs)
+        idx = torch.full_like(ids, -1)
+        for j, t in enumerate(special_ids): idx[ids == t] = j
+        where["index"] = idx
+    return hook
 
 # %% ../../../nbs/25_scale_shift.ipynb #d73157c8
 _BLOCKS = r".*(encoder\.layer|layers|\.h|block)\.\d+"
@@ -204,11 +190,8 @@ class PastaConfig(PeftConfig):
 
     def inject(self, ctx):
         self.special_token_ids = self.resolve_ids(ctx.base)
-        emb = ctx.base.get_input_embeddings()
-        path = next(n for n, m in ctx.base.named_modules() if m is emb)
-        where, d = {}, base_of(emb).embedding_dim
-        targets = ctx.targets()
-        ctx.wrap(path, SpecialTokenFinder, where=where)
-        for t in targets: ctx.wrap(t, d=d, where=where)
+        emb, where = base_of(ctx.base.get_input_embeddings()), {}
+        ctx.pre_hook(emb, find_special_tokens(list(self.special_token_ids), where))
+        for t in ctx.targets(): ctx.wrap(t, d=emb.embedding_dim, where=where)
 
     def saved_state(self, ctx)->dict: return {"special_token_ids": self.resolve_ids(ctx.base)}

@@ -127,13 +127,10 @@ class DoraLinearFn(torch.autograd.Function):
 
 # %% ../../../nbs/11_dora.ipynb #fa23e869
 @patch
-def forward(self:DoraLayer, *args, **kwargs):
-    names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
-    n = names[0] if len(names) == 1 else None
-    fast = (x is not None and n in self.lora_magnitude_vector and not (self.disabled or self.merged) and self.routing is None
-            and type(base) in (nn.Linear, Conv1D) and x.dtype == base.weight.dtype == self.lora_A[n].weight.dtype
-            and not torch.is_autocast_enabled(x.device.type) and set(self.lora_init) <= {n}
-            and not (self.training and isinstance(self.lora_dropout[n], nn.Dropout)))
-    if not fast: return self.forward_plain(*args, **kwargs)   # not LoraLayer.forward: its fast path is plain LoRA's
+def fused_forward(self:DoraLayer, x, n:str):
+    "`DoraLinearFn` for a DoRA adapter on a plain Linear/Conv1D in one dtype, without dropout in training; None otherwise (a LoRA adapter here takes the plain path)."
+    base = self.base_layer
+    if not (n in self.lora_magnitude_vector and type(base) in (nn.Linear, Conv1D) and x.dtype == base.weight.dtype == self.lora_A[n].weight.dtype
+            and set(self.lora_init) <= {n} and not (self.training and isinstance(self.lora_dropout[n], nn.Dropout))): return None
     return DoraLinearFn.apply(x, base.weight, base.bias, self.lora_A[n].weight, self.lora_B[n].weight,
                               self.lora_magnitude_vector[n], self.weight_norm(n), self.scaling[n], self.fan_in_fan_out)

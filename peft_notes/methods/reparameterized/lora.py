@@ -131,20 +131,16 @@ class LoraLinearFn(torch.autograd.Function):
         return dx, dxd, dW, db, dA, dB, None, None
 
 # %% ../../../nbs/10_lora.ipynb #46dd5628
-LoraLayer.forward_plain = AdapterLayer.forward   # the plain path; the PiSSA section extends it
-
 @patch
-def forward(self:LoraLayer, *args, **kwargs):
-    names, base, x = self.active_adapters, self.base_layer, args[0] if len(args) == 1 and not kwargs else None
-    fast = (type(self).combine is LoraLayer.combine      # the node computes LoRA's algebra: a subclass that changes it never inherits it
-            and x is not None and len(names) == 1 and not (self.disabled or self.merged) and self.routing is None and type(base) in (nn.Linear, Conv1D)
-            and x.dtype == base.weight.dtype == self.lora_A[names[0]].weight.dtype and not torch.is_autocast_enabled(x.device.type)
-            and set(self.lora_init) <= set(names))   # a PiSSA adapter not in use needs the plain path (see PiSSA below)
-    if not fast: return self.forward_plain(*args, **kwargs)
-    n = names[0]
-    drop = self.lora_dropout[n]
+def fused_forward(self:LoraLayer, x, name:str):
+    "`LoraLinearFn` wherever it computes what the plain path does: LoRA's own algebra on a plain Linear/Conv1D, one dtype, no PiSSA adapter left out."
+    base = self.base_layer
+    if not (type(self).combine is LoraLayer.combine      # the node computes LoRA's algebra: a subclass that changes it never inherits it
+            and type(base) in (nn.Linear, Conv1D) and x.dtype == base.weight.dtype == self.lora_A[name].weight.dtype
+            and set(self.lora_init) <= {name}): return None   # a PiSSA adapter not in use needs the plain path (see PiSSA below)
+    drop = self.lora_dropout[name]
     xd = drop(x) if self.training and isinstance(drop, nn.Dropout) else None
-    return LoraLinearFn.apply(x, xd, base.weight, base.bias, self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n], self.fan_in_fan_out)
+    return LoraLinearFn.apply(x, xd, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.fan_in_fan_out)
 
 # %% ../../../nbs/10_lora.ipynb #13a58b17
 def create_loraplus_optimizer(model:nn.Module, # a PeftModel with LoRA adapters
@@ -208,13 +204,14 @@ def init_residual(self:LoraLayer, name:str, how:str):
 
 # %% ../../../nbs/10_lora.ipynb #f0907bd4
 @patch
-def forward_plain(self:LoraLayer, *args, **kwargs):
-    "Base + active adapters, plus s·B0A0x for the PiSSA/OLoRA adapters not in use (their part of W)."
-    result, x = AdapterLayer.forward(self, *args, **kwargs), layer_input(args, kwargs)
+def restore_base(self:LoraLayer, args, kwargs, result):
+    "The output plus s·B0A0x for each PiSSA/OLoRA adapter not in use (not active, not merged): its part of W."
     in_use = set() if self.disabled else set(self.active_adapters) | set(self.merged_adapters)
-    for k, init in self.lora_init.items():
-        if k not in in_use:
-            result = result + (nn.functional.linear(nn.functional.linear(x.to(init.A0.dtype), init.A0), init.B0) * self.scaling[k]).to(result.dtype)
+    if not (left := [k for k in self.lora_init if k not in in_use]): return result
+    x = layer_input(args, kwargs)
+    for k in left:
+        init = self.lora_init[k]
+        result = result + (nn.functional.linear(nn.functional.linear(x.to(init.A0.dtype), init.A0), init.B0) * self.scaling[k]).to(result.dtype)
     return result
 
 @patch
