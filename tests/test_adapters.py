@@ -83,3 +83,38 @@ def test_an_adapter_on_a_module_that_returns_a_tuple():
     assert all(torch.equal(o[1], seen[0][1]) if o[1] is not None else seen[0][1] is None for o in seen)   # its tail passed on
     assert (alone["a"] - base).abs().max() > 1e-3 and (alone["a"] - alone["b"]).abs().max() > 1e-3
     for i, want in enumerate([alone["a"][0], alone["b"][1], base[2]]): torch.testing.assert_close(mixed[i], want, atol=1e-5, rtol=1e-5)
+
+def _tiny_opt():
+    import transformers as T
+    return T.OPTForCausalLM(T.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=37, vocab_size=99,
+                                        max_position_embeddings=64, word_embed_proj_dim=32)).eval()
+
+def test_parallel_adapter_across_opts_feed_forward():
+    "OPT's fc1 and fc2 sit in the decoder layer itself: the parallel adapter reads fc1's input and adds to fc2's output, mixed batches included."
+    import torch
+    from peft_notes.core import get_peft_model, list_methods
+    from peft_notes.testing import check_method
+    r = check_method(list_methods()["parallel_adapter"], _tiny_opt)
+    assert r["init_max_diff"] == 0.0 and r["loss_after"] < r["loss_before"] and r["mixed_batch_max_diff"] <= 1e-5
+    torch.manual_seed(0); base = _tiny_opt(); pm = get_peft_model(base, list_methods()["parallel_adapter"]())
+    layer = pm.base_model.model.decoder.layers[0].fc2
+    assert layer.placement["default"] == "across"
+    with torch.no_grad(): layer.adapter["default"].up.weight.normal_()
+    x = torch.randint(0, 99, (2, 5))
+    seen = {}
+    h = base.model.decoder.layers[0].fc1.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.no_grad():
+        y_fc2 = {}
+        h2 = layer.register_forward_hook(lambda m, a, out: y_fc2.setdefault("y", out))
+        pm(input_ids=x); h.remove(); h2.remove()
+        with pm.disable_adapter(): plain = layer.base_layer(torch.relu(base.model.decoder.layers[0].fc1(seen["x"])))
+    a = layer.adapter["default"]
+    torch.testing.assert_close(y_fc2["y"], plain + a(seen["x"]), atol=1e-6, rtol=0)   # fc2(relu(fc1 x)) + s·up(relu(down x)): beside the whole feed-forward
+    pm.unload(); assert sum(len(m._forward_pre_hooks) for m in base.modules()) == 0
+
+def test_lora_mixed_batch_on_opts_flattened_feed_forward():
+    "OPT flattens the batch to tokens before fc1/fc2: a mixed batch routes each example's tokens, not rows 0..B-1."
+    from peft_notes.core import list_methods
+    from peft_notes.testing import check_method
+    r = check_method(lambda: list_methods()["lora"](target_modules=["fc1", "fc2"]), _tiny_opt)
+    assert r["mixed_batch_max_diff"] <= 1e-5

@@ -42,7 +42,6 @@ NO_BIAS = {"llama", "mistral", "t5"}   # bias-free linear layers and norms: BitF
 REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("prompt_tuning", "vit"): "no token embedding table", ("prefix_tuning", "vit"): "no token embedding table",
     ("prefix_tuning", "t5"): "encoder-decoder",
-    ("parallel_adapter", "opt"): "no default target_modules for model type 'opt'",   # each refusal names why (OPT's feed-forward is no module of its own)
     ("p_tuning", "vit"): "no token embedding table", ("xprompt", "vit"): "no token embedding table",
     ("p_tuning_v2", "vit"): "no token embedding table", ("apt", "vit"): "no token embedding table",
     ("p_tuning_v2", "t5"): "encoder-decoder", ("apt", "t5"): "encoder-decoder",
@@ -51,7 +50,6 @@ REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("llama_adapter", n): "LLaMA-style attention" for n in ("bert", "roberta", "gpt2", "opt", "vit", "t5")} | {
     ("xattn_tuning", n): "needs an encoder–decoder" for n in ARCHS if n != "t5"} | {
     (m, "vit"): "no token embedding table" for m in ("unipelt", "mam", "noah")} | {(m, "t5"): "encoder-decoder" for m in ("unipelt", "mam", "noah")} | {
-    ("mam", "opt"): "no default target_modules for model type 'opt'"} | {   # its parallel adapter's
     ("s4", n): "owns a bias" for n in NO_BIAS} | {("s4", "vit"): "no token embedding table"}   # its default uses BitFit and a prefix
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "s4", "noah"}   # they change the inputs (the hybrids through their prefix): something new to read from the start
 

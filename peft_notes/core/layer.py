@@ -223,15 +223,18 @@ def unmerge(self:AdapterLayer, keep:int=0):
                 w = getattr(m, p); w.copy_(folds[p].apply(w.detach(), scale, inverse=True))
 
 # %% ../../nbs/00b_core_layer.ipynb #633a4379
-def routing_groups(routing:list, held, device=None)->dict:
-    "{adapter: indices of its examples} for the adapters in `held`, in order of first appearance."
-    return {n: torch.tensor([i for i, m in enumerate(routing) if m == n], device=device) for n in dict.fromkeys(routing) if n in held}
+def routing_groups(routing:list, held, device=None, n:int=None)->dict:
+    "{adapter: indices of its rows} for the adapters in `held`, in order of first appearance; `n`: the rows of the tensor to split, when a module sees the batch flattened to tokens (OPT's feed-forward: example i's tokens are rows i·T … i·T + T − 1)."
+    B = len(routing); per = 1 if n is None or n == B else n // B
+    if n is not None and n % B: raise ValueError(f"a mixed batch of {B} examples reached a module whose input has {n} rows: cannot tell whose rows are whose")
+    return {a: torch.tensor([i * per + j for i, m in enumerate(routing) if m == a for j in range(per)], device=device, dtype=torch.long)
+            for a in dict.fromkeys(routing) if a in held}
 
 @patch
 def routed_forward(self:AdapterLayer, args:tuple, kwargs:dict):
     "A mixed batch: example i goes through adapter `self.routing[i]` (none for '__base__' or one this layer lacks)."
     x = layer_input(args, kwargs)
-    groups, x_in = routing_groups(self.routing, self.adapter_names, x.device), x
+    groups, x_in = routing_groups(self.routing, self.adapter_names, x.device, x.shape[0]), x
     for n, idx in groups.items(): args, kwargs = self.adapt_args(args, kwargs, n, rows=idx)
     for n, idx in groups.items():
         sub = x[idx]; changed = self.adapt_input(sub, n)
@@ -262,7 +265,7 @@ class ModulesToSave(AdapterLayer):
         if self.disabled or (self.routing is None and not self.active_adapters): return self.base_layer(*args, **kwargs)
         if self.routing is None: return self.modules_to_save[self.active_adapters[0]](*args, **kwargs)
         x, out = layer_input(args, kwargs), self.base_layer(*args, **kwargs)   # a mixed batch: each row through its adapter's copy
-        for n, idx in routing_groups(self.routing, self.modules_to_save, x.device).items():
+        for n, idx in routing_groups(self.routing, self.modules_to_save, x.device, x.shape[0]).items():
             a, k = with_input(args, kwargs, x[idx])
             out = out.clone(); out[idx] = self.modules_to_save[n](*a, **k)
         return out
@@ -337,7 +340,7 @@ class TensorDeltaLayer(AdapterLayer):
 
     def routed_forward(self, args, kwargs):
         x, out = layer_input(args, kwargs), self.base_layer(*args, **kwargs)
-        for n, idx in routing_groups(self.routing, self.adapter_names, x.device).items():
+        for n, idx in routing_groups(self.routing, self.adapter_names, x.device, x.shape[0]).items():
             a, k = with_input(args, kwargs, x[idx])
             out = out.clone(); out[idx] = self._call([n], a, k)
         return out

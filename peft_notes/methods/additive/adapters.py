@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'bottleneck_params', 'linear_projection', 'Bottleneck', 'BottleneckLayer', 'BottleneckConfig',
            'block_targets', 'HoulsbyConfig', 'PfeifferConfig', 'ResidualAdapterConfig', 'ParallelAdapterConfig',
-           'PHMRules', 'PHMLinear', 'CompacterConfig']
+           'feed_capture', 'PHMRules', 'PHMLinear', 'CompacterConfig']
 
 # %% ../../../nbs/23_adapters.ipynb #a19edfc9
 import inspect
@@ -14,8 +14,8 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 from fastcore.basics import patch
-from ...core import AdapterLayer, PeftConfig, find_targets, layer_index, register_method, role_targets
-from ...core.layer import base_of, routing_groups, train_dtype
+from ...core import AdapterLayer, PeftConfig, config_value, find_targets, layer_index, register_method, role_targets
+from ...core.layer import base_of, layer_input, routing_groups, train_dtype
 
 # %% ../../../nbs/23_adapters.ipynb #88ba734a
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh}
@@ -49,24 +49,29 @@ class Bottleneck(nn.Module):
 class BottleneckLayer(AdapterLayer):
     "A module with bottleneck adapters on its output (serial), beside it on its input (parallel), or on the residual input it adds (residual)."
     adapter_layer_names = ("adapter",)
-    other_param_names = ("placement",)
+    other_param_names = ("placement", "feed")
     wraps = (nn.Module,)
     mergeable = False
 
     def __init__(self, base_layer):
         super().__init__(base_layer)
-        self.adapter, self.placement = nn.ModuleDict(), {}
+        self.adapter, self.placement, self.feed = nn.ModuleDict(), {}, {}
 
-    def update_layer(self, name:str, cfg, d:int, placement:str="serial", projection=linear_projection):
+    def update_layer(self, name:str, cfg, d:int, placement:str="serial", projection=linear_projection,
+                     feed:dict=None): # "across": where a pre-hook on the feed-forward's first layer leaves its input
         w = next(base_of(self.base_layer).parameters())
         self.adapter[name] = Bottleneck(d, cfg.bottleneck_size(d), cfg.non_linearity, cfg.scaling, cfg.layer_norm, projection).to(w.device, train_dtype(w.dtype))
-        self.placement[name] = placement
+        self.placement[name], self.feed[name] = placement, feed
 
     def run(self, name:str, h): a = self.adapter[name]; return a(h.to(a.down.bias.dtype)).to(h.dtype)
 
     def combine(self, x, result, name:str):
         if self.placement[name] == "serial": return result + self.run(name, result)     # h + A(h)
         if self.placement[name] == "parallel": return result + self.run(name, x)        # f(x) + A(x)
+        if self.placement[name] == "across":                                             # fc2(·) + A(x), x the input of fc1
+            h = self.feed[name].pop("x")
+            if self.routing is not None: h = h[routing_groups(self.routing, [name], h.device, h.shape[0])[name]]
+            return result + self.run(name, h)
         return result                                                                    # residual: added in forward
 
 # %% ../../../nbs/23_adapters.ipynb #4c4fb8d6
@@ -119,7 +124,12 @@ def inject(self:BottleneckConfig, ctx):
     targets = [t for t in self.find_targets(ctx) if (layer_index(t, self.layers_pattern) or 0) >= self.adapter_drop]
     if not targets: raise ValueError(f"adapter_drop={self.adapter_drop} leaves no target to adapt")
     kw = self.shared(ctx)
-    for t in targets: ctx.wrap(t, d=d, placement=self.placement_of(ctx.module(t)), **kw)
+    for t in targets: self.wrap_target(ctx, t, d, **kw)
+
+@patch
+def wrap_target(self:BottleneckConfig, ctx, path:str, d:int, **kw):
+    "Put this adapter at target `path`, placed as `placement_of` says."
+    ctx.wrap(path, d=d, placement=self.placement_of(ctx.module(path)), **kw)
 
 @patch
 def find_targets(self:BottleneckConfig, ctx)->list: return ctx.targets()
@@ -161,8 +171,10 @@ class ResidualAdapterConfig(BottleneckConfig):
     default_target_modules: ClassVar[dict] = block_targets("ffn_out")
 
 # %% ../../../nbs/23_adapters.ipynb #6f6d77bb
+_ACROSS = {"opt": ("fc1", "fc2")}   # decoders whose feed-forward is no module of its own: the adapter reads the first layer's input, adds to the last's output
 _PARALLEL = {mt: ["mlp"] for mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2", "phi")} | {"t5": ["DenseReluDense"], "mt5": ["DenseReluDense"]}
 _PARALLEL.update({mt: r".*layers?\.\d+\.(output|mlp)" for mt in _BERT_LIKE})   # BertOutput (residual), or an MLP module (parallel)
+_PARALLEL.update({mt: rf".*layers\.\d+\.{last}" for mt, (first, last) in _ACROSS.items()})
 
 @register_method("parallel_adapter")
 @dataclass
@@ -176,6 +188,20 @@ class ParallelAdapterConfig(BottleneckConfig):
 def placement_of(self:ParallelAdapterConfig, module)->str:
     "`residual` where the module adds its own residual input (BERT's `output`), else `parallel`."
     return "residual" if "input_tensor" in inspect.signature(base_of(module).forward).parameters else "parallel"
+
+def feed_capture(feed:dict):
+    "A forward pre-hook that leaves its module's input in `feed['x']`, for an adapter across the feed-forward to read."
+    def hook(module, args, kwargs): feed["x"] = layer_input(args, kwargs)
+    return hook
+
+@patch
+def wrap_target(self:ParallelAdapterConfig, ctx, path:str, d:int, **kw):
+    "Beside the feed-forward module; on OPT, whose fc1 and fc2 sit in the decoder layer itself, across them: fc1's input read (a pre-hook), fc2's output added to."
+    first, last = _ACROSS.get(config_value(ctx.base, "model_type"), (None, None))
+    if last is None or path.rsplit(".", 1)[-1] != last: return BottleneckConfig.wrap_target(self, ctx, path, d, **kw)
+    feed = {}
+    ctx.pre_hook(base_of(ctx.module(path[:-len(last)] + first)), feed_capture(feed))
+    ctx.wrap(path, d=d, placement="across", feed=feed, **kw)
 
 # %% ../../../nbs/23_adapters.ipynb #9da54b67
 class PHMRules(nn.Module):

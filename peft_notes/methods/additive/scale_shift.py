@@ -154,7 +154,7 @@ class PastaLayer(AdapterLayer):
     def routed_forward(self, args, kwargs):
         x = layer_input(args, kwargs)
         x_in = x.clone()
-        for n, idx in routing_groups(self.routing, self.adapter_names, x.device).items(): x_in[idx] = self.adapt_input(x[idx], n, rows=idx)
+        for n, idx in routing_groups(self.routing, self.adapter_names, x.device, x.shape[0]).items(): x_in[idx] = self.adapt_input(x[idx], n, rows=idx)
         a, k = with_input(args, kwargs, x_in)
         return self.base_layer(*a, **k)
 
