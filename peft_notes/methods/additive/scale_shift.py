@@ -142,21 +142,16 @@ class PastaLayer(AdapterLayer):
         self.pasta_offsets[name] = nn.Parameter(torch.zeros(len(cfg.special_token_ids), d, device=w.device, dtype=dtype))
         self.where[name] = where                     # shared with the embedding's finder: {"index": (B, T) special-token index or -1}
 
-    def adapt_input(self, x, name, rows=None):
-        idx = self.where[name].get("index")
-        if idx is not None and rows is not None: idx = idx[rows]
+    def adapt_args(self, args, kwargs, name:str, rows=None):
+        "h_i ← h_i + v_{s(i)} on the block's input, at the special tokens' positions (of `rows` only, in a mixed batch)."
+        x, idx = layer_input(args, kwargs), self.where[name].get("index")
         if idx is None or idx.shape != x.shape[:2]:
             raise ValueError("PASTA finds the special tokens in input_ids; this call's hidden states do not match the last input_ids seen "
                              "(inputs_embeds are not supported)")
         V = torch.cat([self.pasta_offsets[name], self.pasta_offsets[name].new_zeros(1, x.shape[-1])])   # row -1: no offset
-        return (x.to(V.dtype) + V[idx]).to(x.dtype)
-
-    def routed_forward(self, args, kwargs):
-        x = layer_input(args, kwargs)
-        x_in = x.clone()
-        for n, idx in routing_groups(self.routing, self.adapter_names, x.device, x.shape[0]).items(): x_in[idx] = self.adapt_input(x[idx], n, rows=idx)
-        a, k = with_input(args, kwargs, x_in)
-        return self.base_layer(*a, **k)
+        if rows is None: x = (x.to(V.dtype) + V[idx]).to(x.dtype)
+        else: x = x.clone(); x[rows] = (x[rows].to(V.dtype) + V[idx[rows]]).to(x.dtype)
+        return with_input(args, kwargs, x)
 
 # %% ../../../nbs/25_scale_shift.ipynb #0fc53e6e
 def find_special_tokens(special_ids:list, where:dict):

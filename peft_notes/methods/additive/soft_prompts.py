@@ -227,6 +227,7 @@ def _rotate_half(x): x1, x2 = x.chunk(2, -1); return torch.cat((-x2, x1), -1)
 class AdaptionPromptLayer(AdapterLayer):
     "An attention module whose queries also attend to K learned adaption-prompt tokens, through a gate that starts at zero."
     adapter_layer_names = ("adaption_prompt", "adaption_gate")
+    other_param_names = ("rotary",)
     wraps = (nn.Module,)
     mergeable = False
 
@@ -237,6 +238,7 @@ class AdaptionPromptLayer(AdapterLayer):
             raise ValueError(f"LLaMA-Adapter needs a LLaMA-style attention (q_proj, k_proj, v_proj, o_proj, head_dim); "
                              f"{type(attn).__name__} lacks {missing or ['head_dim']}")
         self.adaption_prompt, self.adaption_gate = nn.ParameterDict(), nn.ParameterDict()
+        self.rotary = {}   # adapter -> the (cos, sin) of the call in progress (`adapt_args` keeps it for `combine`)
 
     def update_layer(self, name:str, cfg):
         w = base_of(self.base_layer).q_proj.weight
@@ -244,34 +246,27 @@ class AdaptionPromptLayer(AdapterLayer):
         self.adaption_prompt[name] = nn.Parameter(torch.randn(1, cfg.adapter_len, w.shape[1], device=w.device, dtype=dtype))   # N(0, 1), as PEFT
         self.adaption_gate[name] = nn.Parameter(torch.zeros(1, device=w.device, dtype=dtype))                                # g = 0: the base
 
-    def adapter_output(self, name:str, h:torch.Tensor, kwargs:dict)->torch.Tensor:
-        "g · softmax(q kᵀ/√d_h) v over the K prompt tokens (their own softmax), projected by W_o: what adapter `name` adds."
-        attn = base_of(self.base_layer)
-        if "position_embeddings" not in kwargs: raise ValueError(f"LLaMA-Adapter reads the rotary (cos, sin) its attention is given; {type(attn).__name__} got none")
-        P = self.adaption_prompt[name].to(h.dtype)
-        B, T, _ = h.shape; dh = attn.head_dim
+    def adapt_args(self, args, kwargs, name:str, rows=None):
+        "Keep the rotary (cos, sin) this call gives the attention (of `rows` only, in a mixed batch): the adapter's queries need them."
+        if "position_embeddings" not in kwargs: raise ValueError(f"LLaMA-Adapter reads the rotary (cos, sin) its attention is given; {type(base_of(self.base_layer)).__name__} got none")
+        cos, sin = kwargs["position_embeddings"]
+        self.rotary[name] = (cos, sin) if rows is None or cos.shape[0] == 1 else (cos[rows], sin[rows])
+        return args, kwargs
+
+    def combine(self, x, result, name:str):
+        "The module's output plus g · softmax(q kᵀ/√d_h) v over the K prompt tokens (their own softmax), projected by W_o."
+        attn, (cos, sin) = base_of(self.base_layer), self.rotary.pop(name)
+        P = self.adaption_prompt[name].to(x.dtype)
+        B, T, _ = x.shape; dh = attn.head_dim
         k = attn.k_proj(P).view(1, P.shape[1], -1, dh).transpose(1, 2)      # (1, H_kv, K, d_h): no rotation, the prompt has no position
         v = attn.v_proj(P).view(1, P.shape[1], -1, dh).transpose(1, 2)
-        q = attn.q_proj(h).view(B, T, -1, dh).transpose(1, 2)               # (B, H, T, d_h)
+        q = attn.q_proj(x).view(B, T, -1, dh).transpose(1, 2)               # (B, H, T, d_h)
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))   # grouped-query heads share keys
-        cos, sin = (t.unsqueeze(1) for t in kwargs["position_embeddings"])
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
         s = q @ k.transpose(2, 3) / math.sqrt(dh)
-        a = self.adaption_gate[name].to(h.dtype) * F.softmax(s, -1, dtype=torch.float32).to(h.dtype)
-        return attn.o_proj((a @ v).transpose(1, 2).reshape(B, T, -1))
-
-    def forward(self, *args, **kwargs):
-        out = self.base_layer(*args, **kwargs)
-        names = self.active_adapters if self.routing is None else [n for n in dict.fromkeys(self.routing) if n in self.adapter_names]
-        if self.disabled or not names: return out
-        h = layer_input(args, kwargs)
-        o = out[0] if isinstance(out, tuple) else out
-        if self.routing is None:
-            for n in names: o = o + self.adapter_output(n, h, kwargs)
-        else:
-            o = o.clone()
-            for n, idx in routing_groups(self.routing, self.adapter_names, h.device).items(): o[idx] = o[idx] + self.adapter_output(n, h, kwargs)[idx]
-        return (o, *out[1:]) if isinstance(out, tuple) else o
+        a = self.adaption_gate[name].to(x.dtype) * F.softmax(s, -1, dtype=torch.float32).to(x.dtype)
+        return result + attn.o_proj((a @ v).transpose(1, 2).reshape(B, T, -1))
 
 # %% ../../../nbs/24_soft_prompts.ipynb #03fbe7c7
 _LLAMA_ATTN = {mt: r".*layers\.\d+\.self_attn" for mt in ("llama", "mistral", "qwen2")}
