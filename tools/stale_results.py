@@ -34,7 +34,8 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "family_memory_selective_cpu.json": {"code": ["bench/family_memory.py"]},
     "which_matrices_sst2.json": {"methods": ["lora", "harness"], "code": ["bench/which_matrices.py", "peft_notes/data.py"],
                                  "code_since": "42be66e"},   # it ran from an uncommitted tree that 42be66e committed (results/README.md)
-    "intrinsic_dim_sst2.json": {"methods": ["harness"], "code": ["peft_notes/reparam.py", "bench/intrinsic_dim.py", "peft_notes/data.py"]},
+    "intrinsic_dim_sst2.json": {"methods": ["harness"], "code": [f"peft_notes/intrinsic.py::{n}" for n in ("fwht", "Fastfood", "RandomSubspace")] + ["bench/intrinsic_dim.py", "peft_notes/data.py"],
+                                "moved": {"peft_notes/intrinsic.py": "peft_notes/reparam.py"}},   # the study's code had its home in reparam.py until core v3
     "autopeft_sst2.json": {"methods": ["autopeft", "harness"], "code": [f"{SEARCH}::{n}" for n in ("autopeft_params", "autopeft_trial", "autopeft_search", "pareto_front")]
                                                                   + ["bench/autopeft_search.py", "peft_notes/data.py"]},
     "s4_sst2.json": {"methods": ["s4", "harness"], "code": [f"{SEARCH}::{n}" for n in ("group_sizes", "s4_search")] + ["bench/s4_search.py", "peft_notes/data.py"]},
@@ -93,13 +94,13 @@ def code_of(text:str)->str:
     try: return ast.dump(_Code().visit(ast.parse(text)))
     except SyntaxError: return text
 
-def changed_code(commit:str, paths:list)->list[str]:
-    "The entries of `paths` (files, or `file::name` for one top-level definition) whose code changed since `commit` (comments, docstrings and provenance records aside)."
+def changed_code(commit:str, paths:list, moved:dict=None)->list[str]:
+    "The entries of `paths` (files, or `file::name` for one top-level definition) whose code changed since `commit` (comments, docstrings and provenance records aside); `moved`: {file now: where it was}, for code that changed home since."
     now = lambda f: (ROOT / f).read_text() if (ROOT / f).exists() else ""
     out = []
     for entry in paths:
         f, _, name = entry.partition("::")
-        old, new = git("show", f"{commit}:{f}"), now(f)
+        old, new = git("show", f"{commit}:{f}") or git("show", f"{commit}:{(moved or {}).get(f, f)}"), now(f)
         if name: old, new = definition(old, name), definition(new, name)
         if code_of(old) != code_of(new): out.append(entry)
     return out
@@ -122,7 +123,7 @@ def report(backfilled:dict=None)->list[dict]:
             missing = [m for m in methods if m not in recorded]
             code = MEASURES.get(name, {}).get("code", [])
             since = MEASURES.get(name, {}).get("code_since", commit)
-            files = changed_code(since, code) if commit and code else []
+            files = changed_code(since, code, MEASURES.get(name, {}).get("moved")) if commit and code else []
             state = ("unknown" if not commit or missing else "STALE" if changed or files else "current")
             out.append({"file": name, "part": label, "commit": (commit or "")[:7], "commit_from": how, "state": state, "methods": methods, "changed": changed,
                         "missing": missing, "files": files, "backfilled": prov.get("fingerprints_backfilled")})
