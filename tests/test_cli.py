@@ -63,11 +63,12 @@ def test_compare_writes_every_field(tmp_path):
     assert any(l.startswith("lora ") for l in r.stdout.splitlines())
 
 def test_interrupt_keeps_finished_methods(tmp_path, monkeypatch):
-    real = train.run_method
+    from peft_notes import harness   # compare looks run_method up in the harness's module
+    real = harness.run_method
     def second_interrupts(m, *a, **k):
         if m == "lora": raise KeyboardInterrupt
         return real(m, *a, **k)
-    monkeypatch.setattr(train, "run_method", second_interrupts)
+    monkeypatch.setattr(harness, "run_method", second_interrupts)
     code = cli.main(["compare", "--methods", "head,lora", "--train-size", "32", "--epochs", "1", "--max-length", "16", "--out", str(tmp_path)])
     assert code == 130
     assert [x["method"] for x in json.loads((tmp_path / "results.json").read_text())] == ["head"]
