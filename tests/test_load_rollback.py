@@ -168,3 +168,17 @@ def test_a_refused_merge_undoes_the_layers_merged_before_it():
     with pytest.raises(ValueError, match="non-finite"): pm.merge_adapter(safe_merge=True)
     assert not any(l.merged or l.merge_records for l in layers)   # the first layers merged before the last refused: undone
     assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in pm.base_model.named_parameters() if n in before)
+
+def test_a_fold_that_scales_a_missing_tensor_is_refused_by_name():
+    "A method whose fold scales a bias the module does not have gets an error naming it, and the weight is left as it was."
+    from torch import nn
+    from peft_notes.core import Fold
+    class ScaleBias(AdapterLayer):
+        adapter_layer_names = ("s",)
+        def __init__(self, base): super().__init__(base); self.s = nn.ParameterDict()
+        def update_layer(self, name, cfg=None): self.s[name] = nn.Parameter(torch.full((3,), 2.0))
+        def fold(self, name): return {"weight": Fold(scale=self.s[name].detach()[:, None]), "bias": Fold(scale=self.s[name].detach())}
+    lin = nn.Linear(4, 3, bias=False); w0 = lin.weight.detach().clone()
+    t = ScaleBias(lin); t.update_layer("a"); t.set_active(["a"])
+    with pytest.raises(ValueError, match="scales 'bias', which Linear does not have"): t.merge()
+    assert not t.merged and torch.equal(lin.weight, w0) and lin.bias is None

@@ -122,6 +122,7 @@ class AdapterLayer(nn.Module):
 
     def forward_plain(self, *args, **kwargs):
         "The general path: the call's arguments and input adapted, the base run once, its output combined with each active adapter in turn."
+        call = (args, kwargs)                              # as the model made it: what `restore_base` reads
         if self.disabled or self.merged: result, rest = split_output(self.base_layer(*args, **kwargs))
         elif self.routing is not None: result, rest = split_output(self.routed_forward(args, kwargs))
         else:
@@ -131,7 +132,7 @@ class AdapterLayer(nn.Module):
             if x_in is not x: args, kwargs = with_input(args, kwargs, x_in)
             result, rest = split_output(self.base_layer(*args, **kwargs))   # adapters see the main output only
             for name in self.active_adapters: result = self.combine(x, result, name)
-        return join_output(self.restore_base(args, kwargs, result), rest)
+        return join_output(self.restore_base(*call, result), rest)
 
 # %% ../../nbs/00b_core_layer.ipynb #b01c519b
 @patch
@@ -194,7 +195,9 @@ def merge(self:AdapterLayer, adapter_names:list=None, safe_merge:bool=False):
         if not folds: continue                                     # nothing to fold (a head copied in full is used as it is)
         for p, f in folds.items():
             w = getattr(m, p)
-            if w is None: w = torch.zeros_like(f.shift, dtype=next(m.parameters()).dtype)   # a bias the module lacks: made by the merge
+            if w is None:                                          # a tensor the module lacks (a bias): made by the merge, if there is something to add
+                if f.shift is None: raise ValueError(f"{type(self).__name__} adapter {name!r} scales {p!r}, which {type(m).__name__} does not have; nothing was merged")
+                w = torch.zeros_like(f.shift, dtype=next(m.parameters()).dtype)
             new[p] = f.apply(w.detach())
         if safe_merge and not (all(t.isfinite().all() for t in new.values())
                                and all(f.scale is None or (f.scale.isfinite().all() and (f.scale != 0).all()) for f in folds.values())):
