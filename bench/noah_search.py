@@ -23,19 +23,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--out", default="results/noah_sst2.json")
     a = ap.parse_args(argv)
     import torch
-    from datasets import DatasetDict
-    from datasets.utils.logging import disable_progress_bar
+    from search_setup import search_data
     from peft_notes.core import get_peft_model
-    from peft_notes.data import tokenize
     from peft_notes.models import load_minilm
-    from peft_notes.train import fit, evaluate, load_task, make_loader, provenance
+    from peft_notes.train import fit, evaluate, make_loader, provenance
     from peft_notes.methods.hybrid.noah import NOAHSupernetConfig, noah_params, noah_search, set_subnet
-    disable_progress_bar()
-    ds, col, n = load_task(a.task)
-    pool = ds["train"].shuffle(seed=a.seed)
-    train, valid = pool.select(range(a.train_size)), pool.select(range(a.train_size, a.train_size + a.search_valid))
-    model, tok = load_minilm(num_labels=n, seed=a.seed)
-    enc = tokenize(DatasetDict(train=train, test=valid), tok, text_column=col, max_length=a.max_length)
+    data = search_data(a.task, a.train_size, a.search_valid, seed=a.seed, max_length=a.max_length)
+    enc, tok = data.enc, data.tok
+    model, _ = load_minilm(num_labels=data.n_labels, seed=a.seed)
     choices = [int(x) for x in a.choices.split(",")]
     cfg = NOAHSupernetConfig(adapter_choices=choices, lora_choices=choices, prompt_choices=choices, seed=a.seed, modules_to_save=["classifier"])
     torch.manual_seed(a.seed); sup = get_peft_model(model, cfg)

@@ -11,7 +11,6 @@ model, so a stopped run keeps what it measured; at the end it prints the `peft-n
 the design found at the table's budget.
 """
 import argparse, json, time
-from dataclasses import replace
 from pathlib import Path
 
 def main(argv=None):
@@ -21,31 +20,14 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=1); ap.add_argument("--candidates", type=int, default=4); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/s4_sst2.json")
     a = ap.parse_args(argv)
-    import torch
-    from datasets import DatasetDict
-    from datasets.utils.logging import disable_progress_bar
-    from peft_notes.core import get_peft_model
-    from peft_notes.data import tokenize
-    from peft_notes.models import load_minilm
-    from peft_notes.train import fit, load_task, make_loader, provenance
+    from search_setup import search_data, train_design
+    from peft_notes.train import provenance
     from peft_notes.methods.hybrid.search import s4_search
-    disable_progress_bar()
-    ds, col, n = load_task(a.task)
-    pool = ds["train"].shuffle(seed=a.seed)
-    train, valid = pool.select(range(a.search_train)), pool.select(range(a.search_train, a.search_train + a.search_valid))
-    _, tok = load_minilm(num_labels=n, seed=a.seed)
-    enc = tokenize(DatasetDict(train=train, test=valid), tok, text_column=col, max_length=a.max_length)
+    data = search_data(a.task, a.search_train, a.search_valid, seed=a.seed, max_length=a.max_length)
     out = {"settings": vars(a), "provenance": provenance(methods=["s4", "harness"]), "models": []}
 
     def objective(cfg):
-        model, _ = load_minilm(num_labels=n, seed=a.seed)
-        torch.manual_seed(a.seed); pm = get_peft_model(model, cfg)
-        t0 = time.perf_counter()
-        h = fit(pm, make_loader(enc["train"], tok, 32, shuffle=True, seed=a.seed), make_loader(enc["test"], tok, 128),
-                epochs=a.epochs, lr=a.lr, seed=a.seed, progress=False)
-        head = sum(p.numel() for nm, p in pm.named_parameters() if p.requires_grad and "classifier" in nm)
-        row = {"grouping": cfg.grouping, "strategies": cfg.strategies, "accuracy": h.final_accuracy,
-               "params": pm.trainable_report().trainable - head, "seconds": time.perf_counter() - t0}
+        row = {"grouping": cfg.grouping, "strategies": cfg.strategies, **train_design(cfg, data, epochs=a.epochs, lr=a.lr, seed=a.seed)}
         out["models"].append(row); Path(a.out).write_text(json.dumps(out, indent=1))
         print(f"{len(out['models'])}: {cfg.grouping} {cfg.strategies} acc {row['accuracy']:.3f} params {row['params']:,} {row['seconds']:.0f}s", flush=True)
         return row["accuracy"]
