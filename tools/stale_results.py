@@ -37,7 +37,8 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "intrinsic_dim_sst2.json": {"methods": ["harness"], "code": [f"peft_notes/intrinsic.py::{n}" for n in ("fwht", "Fastfood", "RandomSubspace")] + ["bench/intrinsic_dim.py", "peft_notes/data.py"],
                                 "moved": {"peft_notes/intrinsic.py": "peft_notes/reparam.py"}},   # the study's code had its home in reparam.py until core v3
     "autopeft_sst2.json": {"methods": ["autopeft", "harness"], "code": [f"{SEARCH}::{n}" for n in ("autopeft_params", "autopeft_trial", "autopeft_search", "pareto_front")]
-                                                                  + ["bench/autopeft_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
+                                                                  + ["bench/autopeft_search.py", "bench/search_setup.py", "peft_notes/data.py"],
+                           "code_since": "0f3eb85"},   # 0f3eb85 moved the bench's setup into search_setup.py; before and after it, a tiny run writes the same numbers (its message)
     "s4_sst2.json": {"methods": ["s4", "harness"], "code": [f"{SEARCH}::{n}" for n in ("group_sizes", "s4_search")] + ["bench/s4_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
     "noah_sst2.json": {"methods": ["noah", "harness"], "code": [f"{NOAH}::{n}" for n in ("FirstRows", "NOAHSupernetConfig", "set_subnet", "inherit_subnet", "noah_search")]
                                                           + [f"{SEARCH}::{n}" for n in ("LayerPrefixCache", "LayerPrefix")] + ["bench/noah_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
