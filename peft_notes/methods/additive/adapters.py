@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'bottleneck_params', 'linear_projection', 'Bottleneck', 'BottleneckLayer', 'BottleneckConfig',
-           'block_targets', 'HoulsbyConfig', 'PfeifferConfig', 'ResidualAdapterConfig', 'ParallelAdapterConfig',
-           'feed_capture', 'PHMRules', 'PHMLinear', 'CompacterConfig']
+           'block_targets', 'HoulsbyConfig', 'PfeifferConfig', 'ResidualAdapterConfig', 'feed_capture',
+           'ParallelAdapterConfig', 'PHMRules', 'PHMLinear', 'CompacterConfig']
 
 # %% ../../../nbs/23_adapters.ipynb #a19edfc9
 import inspect
@@ -176,6 +176,11 @@ _PARALLEL = {mt: ["mlp"] for mt in ("llama", "mistral", "qwen2", "qwen3", "gemma
 _PARALLEL.update({mt: r".*layers?\.\d+\.(output|mlp)" for mt in _BERT_LIKE})   # BertOutput (residual), or an MLP module (parallel)
 _PARALLEL.update({mt: rf".*layers\.\d+\.{last}" for mt, (first, last) in _ACROSS.items()})
 
+def feed_capture(feed:dict):
+    "A forward pre-hook that leaves its module's input in `feed['x']`, for an adapter across the feed-forward to read."
+    def hook(module, args, kwargs): feed["x"] = layer_input(args, kwargs)
+    return hook
+
 @register_method("parallel_adapter")
 @dataclass
 class ParallelAdapterConfig(BottleneckConfig):
@@ -184,24 +189,17 @@ class ParallelAdapterConfig(BottleneckConfig):
     default_target_modules: ClassVar[dict] = _PARALLEL
     placement: ClassVar[str] = "parallel"
 
-@patch
-def placement_of(self:ParallelAdapterConfig, module)->str:
-    "`residual` where the module adds its own residual input (BERT's `output`), else `parallel`."
-    return "residual" if "input_tensor" in inspect.signature(base_of(module).forward).parameters else "parallel"
+    def placement_of(self, module)->str:
+        "`residual` where the module adds its own residual input (BERT's `output`), else `parallel`."
+        return "residual" if "input_tensor" in inspect.signature(base_of(module).forward).parameters else "parallel"
 
-def feed_capture(feed:dict):
-    "A forward pre-hook that leaves its module's input in `feed['x']`, for an adapter across the feed-forward to read."
-    def hook(module, args, kwargs): feed["x"] = layer_input(args, kwargs)
-    return hook
-
-@patch
-def wrap_target(self:ParallelAdapterConfig, ctx, path:str, d:int, **kw):
-    "Beside the feed-forward module; on OPT, whose fc1 and fc2 sit in the decoder layer itself, across them: fc1's input read (a pre-hook), fc2's output added to."
-    first, last = _ACROSS.get(config_value(ctx.base, "model_type"), (None, None))
-    if last is None or path.rsplit(".", 1)[-1] != last: return BottleneckConfig.wrap_target(self, ctx, path, d, **kw)
-    feed = {}
-    ctx.pre_hook(base_of(ctx.module(path[:-len(last)] + first)), feed_capture(feed))
-    ctx.wrap(path, d=d, placement="across", feed=feed, **kw)
+    def wrap_target(self, ctx, path:str, d:int, **kw):
+        "Beside the feed-forward module; on OPT, whose fc1 and fc2 sit in the decoder layer itself, across them: fc1's input read (a pre-hook), fc2's output added to."
+        first, last = _ACROSS.get(config_value(ctx.base, "model_type"), (None, None))
+        if last is None or path.rsplit(".", 1)[-1] != last: return BottleneckConfig.wrap_target(self, ctx, path, d, **kw)
+        feed = {}
+        ctx.pre_hook(base_of(ctx.module(path[:-len(last)] + first)), feed_capture(feed))
+        ctx.wrap(path, d=d, placement="across", feed=feed, **kw)
 
 # %% ../../../nbs/23_adapters.ipynb #9da54b67
 class PHMRules(nn.Module):
@@ -245,24 +243,21 @@ class CompacterConfig(BottleneckConfig):
         super().validate()
         if self.phm_dim < 1 or self.phm_rank < 1: raise ValueError(f"CompacterConfig.phm_dim and phm_rank must be positive, got {self.phm_dim}, {self.phm_rank}")
 
-@patch
-def bottleneck_size(self:CompacterConfig, d:int)->int:
-    "m as for the other adapters; from the reduction factor, rounded down to a multiple of phm_dim (at least phm_dim)."
-    if self.bottleneck is not None: return BottleneckConfig.bottleneck_size(self, d)
-    n = self.phm_dim
-    return BottleneckConfig.bottleneck_size(replace(self, bottleneck=max(n, d // self.reduction_factor // n * n)), d)
+    def bottleneck_size(self, d:int)->int:
+        "m as for the other adapters; from the reduction factor, rounded down to a multiple of phm_dim (at least phm_dim)."
+        if self.bottleneck is not None: return BottleneckConfig.bottleneck_size(self, d)
+        n = self.phm_dim
+        return BottleneckConfig.bottleneck_size(replace(self, bottleneck=max(n, d // self.reduction_factor // n * n)), d)
 
-@patch
-def find_targets(self:CompacterConfig, ctx)->list:
-    if not self.plus_plus or self.target_modules is not None: return ctx.targets()
-    mt = getattr(getattr(ctx.base, "config", None), "model_type", None)
-    return find_targets(ctx.base, replace(self, target_modules=PfeifferConfig.default_target_modules.get(mt)))
+    def find_targets(self, ctx)->list:
+        if not self.plus_plus or self.target_modules is not None: return ctx.targets()
+        mt = getattr(getattr(ctx.base, "config", None), "model_type", None)
+        return find_targets(ctx.base, replace(self, target_modules=PfeifferConfig.default_target_modules.get(mt)))
 
-@patch
-def shared(self:CompacterConfig, ctx)->dict:
-    "One set of rules for the adapter's every projection, registered with the model (saved as `base_model.phm_rule`)."
-    d = getattr(ctx.base.config, "hidden_size")
-    m = self.bottleneck_size(d)
-    if d % self.phm_dim or m % self.phm_dim: raise ValueError(f"CompacterConfig.phm_dim={self.phm_dim} must divide the hidden size {d} and the bottleneck {m}")
-    rules = ctx.share(PHMRules(self.phm_dim).to(next(ctx.base.parameters()).device))
-    return {"projection": lambda d_in, d_out, zero=False: PHMLinear(d_in, d_out, rules, self.phm_rank, zero)}
+    def shared(self, ctx)->dict:
+        "One set of rules for the adapter's every projection, registered with the model (saved as `base_model.phm_rule`)."
+        d = getattr(ctx.base.config, "hidden_size")
+        m = self.bottleneck_size(d)
+        if d % self.phm_dim or m % self.phm_dim: raise ValueError(f"CompacterConfig.phm_dim={self.phm_dim} must divide the hidden size {d} and the bottleneck {m}")
+        rules = ctx.share(PHMRules(self.phm_dim).to(next(ctx.base.parameters()).device))
+        return {"projection": lambda d_in, d_out, zero=False: PHMLinear(d_in, d_out, rules, self.phm_rank, zero)}

@@ -184,11 +184,10 @@ class XPromptConfig(PromptTuningConfig):
         P = ctx.inputs.prompt_embeddings.detach()
         ctx.set_inputs(MaskedPrompt(P, self.pieces))
 
-@patch
-def to_hf(self:XPromptConfig, ctx, tensors:dict)->tuple[dict, dict]:
-    "A PEFT prompt-tuning file with the masks applied: pruned tokens and pieces are zeros there."
-    rest = {k: v for k, v in tensors.items() if k not in ("prompt_embeddings", "token_mask", "piece_mask")}
-    return PromptTuningConfig.to_hf(self, ctx, {**rest, "prompt_embeddings": ctx.inputs.rows().detach().cpu().contiguous()})
+    def to_hf(self, ctx, tensors:dict)->tuple[dict, dict]:
+        "A PEFT prompt-tuning file with the masks applied: pruned tokens and pieces are zeros there."
+        rest = {k: v for k, v in tensors.items() if k not in ("prompt_embeddings", "token_mask", "piece_mask")}
+        return PromptTuningConfig.to_hf(self, ctx, {**rest, "prompt_embeddings": ctx.inputs.rows().detach().cpu().contiguous()})
 
 # %% ../../../nbs/24_soft_prompts.ipynb #24f7bae3
 def xprompt_importance(pm, batches, level:str="token", adapter_name:str=None)->torch.Tensor:

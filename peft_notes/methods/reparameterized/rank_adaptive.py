@@ -103,58 +103,53 @@ class AdaloraConfig(PeftConfig):
         if self.total_step is not None and self.tinit >= self.total_step - self.tfinal:
             raise ValueError(f"AdaloraConfig: tinit={self.tinit} and tfinal={self.tfinal} leave no pruning phase in total_step={self.total_step}")
 
-# %% ../../../nbs/13_rank_adaptive.ipynb #3cba87b4
-@patch
-def extra_loss(self:AdaloraConfig, ctx)->torch.Tensor:
-    "orth_reg_weight × the mean of ||QQᵀ - I||_F and ||PᵀP - I||_F over the adapter's matrices."
-    terms = []
-    for _, l in ctx.layers(AdaloraLayer):
-        A, B = l.lora_A[ctx.name], l.lora_B[ctx.name]
-        I = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
-        terms += [torch.linalg.matrix_norm(A @ A.T - I), torch.linalg.matrix_norm(B.T @ B - I)]
-    return self.orth_reg_weight * torch.stack(terms).mean()
+    def extra_loss(self, ctx)->torch.Tensor:
+        "orth_reg_weight × the mean of ||QQᵀ - I||_F and ||PᵀP - I||_F over the adapter's matrices."
+        terms = []
+        for _, l in ctx.layers(AdaloraLayer):
+            A, B = l.lora_A[ctx.name], l.lora_B[ctx.name]
+            I = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
+            terms += [torch.linalg.matrix_norm(A @ A.T - I), torch.linalg.matrix_norm(B.T @ B - I)]
+        return self.orth_reg_weight * torch.stack(terms).mean()
 
-@patch
-def mask_to_budget(self:AdaloraConfig, ctx, budget:int):
-    "Keep the `budget` highest-scoring triplets across the layers: each layer records its mask and zeroes Λ outside it."
-    layers, name = ctx.layers(AdaloraLayer), ctx.name
-    scores = {p: l.triplet_scores(name) for p, l in layers}
-    every = torch.cat(list(scores.values()))
-    threshold = torch.kthvalue(every, every.numel() - budget).values if budget < every.numel() else None
-    with torch.no_grad():
-        for p, l in layers:
-            l.rank_mask[name] = scores[p] > threshold if threshold is not None else torch.ones_like(scores[p], dtype=torch.bool)
-            l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
-
-@patch
-def after_step(self:AdaloraConfig, ctx, step:int, total:int):
-    "Importance update, then masking to the budget (or to the final pattern once it is fixed)."
-    T, name, layers = self.total_step or total, ctx.name, ctx.layers(AdaloraLayer)
-    b0, bT = self.init_r * len(layers), self.target_r * len(layers)
-    if step < T - self.tfinal:
-        for _, l in layers: l.update_importance(name, self.beta1, self.beta2)
-        if step > self.tinit and step % self.deltaT == 0: self.mask_to_budget(ctx, adalora_budget(step, T, b0, bT, self.tinit, self.tfinal))
-    elif step == T - self.tfinal:
-        self.mask_to_budget(ctx, bT)
-        for _, l in layers: l._ema.pop(name, None)   # the scores are no longer needed
-    else:
+    def mask_to_budget(self, ctx, budget:int):
+        "Keep the `budget` highest-scoring triplets across the layers: each layer records its mask and zeroes Λ outside it."
+        layers, name = ctx.layers(AdaloraLayer), ctx.name
+        scores = {p: l.triplet_scores(name) for p, l in layers}
+        every = torch.cat(list(scores.values()))
+        threshold = torch.kthvalue(every, every.numel() - budget).values if budget < every.numel() else None
         with torch.no_grad():
-            for _, l in layers:
-                if name in l.rank_mask: l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
+            for p, l in layers:
+                l.rank_mask[name] = scores[p] > threshold if threshold is not None else torch.ones_like(scores[p], dtype=torch.bool)
+                l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
 
-@patch
-def saved_state(self:AdaloraConfig, ctx)->dict:
-    "The latest allocation, as PEFT writes it: `rank_pattern`, layer -> kept ranks."
-    pattern = {p: l.rank_mask[ctx.name].tolist() for p, l in ctx.layers(AdaloraLayer) if ctx.name in l.rank_mask}
-    return {"rank_pattern": pattern} if pattern else {}
+    def after_step(self, ctx, step:int, total:int):
+        "Importance update, then masking to the budget (or to the final pattern once it is fixed)."
+        T, name, layers = self.total_step or total, ctx.name, ctx.layers(AdaloraLayer)
+        b0, bT = self.init_r * len(layers), self.target_r * len(layers)
+        if step < T - self.tfinal:
+            for _, l in layers: l.update_importance(name, self.beta1, self.beta2)
+            if step > self.tinit and step % self.deltaT == 0: self.mask_to_budget(ctx, adalora_budget(step, T, b0, bT, self.tinit, self.tfinal))
+        elif step == T - self.tfinal:
+            self.mask_to_budget(ctx, bT)
+            for _, l in layers: l._ema.pop(name, None)   # the scores are no longer needed
+        else:
+            with torch.no_grad():
+                for _, l in layers:
+                    if name in l.rank_mask: l.lora_E[name].masked_fill_(~l.rank_mask[name][:, None], 0.0)
 
-@patch
-def inject(self:AdaloraConfig, ctx):
-    "Wrap the targets; a loaded adapter's `rank_pattern` becomes its layers' masks, so further training keeps it."
-    ctx.wrap_targets()
-    for p, l in ctx.layers(AdaloraLayer):
-        if self.rank_pattern and p in self.rank_pattern:
-            l.rank_mask[ctx.name] = torch.tensor(self.rank_pattern[p], dtype=torch.bool, device=l.lora_E[ctx.name].device)
+    def saved_state(self, ctx)->dict:
+        "The latest allocation, as PEFT writes it: `rank_pattern`, layer -> kept ranks."
+        pattern = {p: l.rank_mask[ctx.name].tolist() for p, l in ctx.layers(AdaloraLayer) if ctx.name in l.rank_mask}
+        return {"rank_pattern": pattern} if pattern else {}
+
+    def inject(self, ctx):
+        "Wrap the targets; a loaded adapter's `rank_pattern` becomes its layers' masks, so further training keeps it."
+        ctx.wrap_targets()
+        for p, l in ctx.layers(AdaloraLayer):
+            if self.rank_pattern and p in self.rank_pattern:
+                l.rank_mask[ctx.name] = torch.tensor(self.rank_pattern[p], dtype=torch.bool, device=l.lora_E[ctx.name].device)
+
 
 # %% ../../../nbs/13_rank_adaptive.ipynb #f15ad371
 class DyloraLayer(LoraLayer):
@@ -204,16 +199,14 @@ class DyloraConfig(LoraConfig):
         if self.eval_rank is not None and not 1 <= self.eval_rank <= self.r: raise ValueError(f"DyloraConfig.eval_rank must be in [1, r={self.r}], got {self.eval_rank}")
         if self.init_lora_weights not in (True, False, "gaussian"): raise ValueError("DyloraConfig.init_lora_weights must be True, False or 'gaussian'")
 
-@patch
-def before_step(self:DyloraConfig, ctx, step:int, total:int):
-    "Sample this step's rank b ~ U{r_min..r} (seeded by the step, so runs repeat) for every layer."
-    b = int(torch.randint(self.r_min, self.r + 1, (1,), generator=torch.Generator().manual_seed(step)))
-    for _, l in ctx.layers(DyloraLayer): l.train_rank[ctx.name] = b
+    def before_step(self, ctx, step:int, total:int):
+        "Sample this step's rank b ~ U{r_min..r} (seeded by the step, so runs repeat) for every layer."
+        b = int(torch.randint(self.r_min, self.r + 1, (1,), generator=torch.Generator().manual_seed(step)))
+        for _, l in ctx.layers(DyloraLayer): l.train_rank[ctx.name] = b
 
-@patch
-def saved_state(self:DyloraConfig, ctx)->dict:
-    "The rank `set_rank` chose: the layers' `eval_rank`."
-    return {"eval_rank": l.eval_rank[ctx.name] for _, l in ctx.layers(DyloraLayer)[:1]}
+    def saved_state(self, ctx)->dict:
+        "The rank `set_rank` chose: the layers' `eval_rank`."
+        return {"eval_rank": l.eval_rank[ctx.name] for _, l in ctx.layers(DyloraLayer)[:1]}
 
 def set_rank(pm, rank:int, adapter_name:str=None):
     "Use DyLoRA adapter `adapter_name` (default: the active one) at `rank` from now on (saved with it)."
@@ -259,13 +252,12 @@ class SoraConfig(LoraConfig):
         if self.sparse_lambda < 0: raise ValueError(f"SoraConfig.sparse_lambda must be >= 0, got {self.sparse_lambda}")
         if self.init_lora_weights not in (True, False, "gaussian"): raise ValueError("SoraConfig.init_lora_weights must be True, False or 'gaussian'")
 
-@patch
-def after_step(self:SoraConfig, ctx, step:int, total:int):
-    "The proximal step of the L1 penalty: soft-threshold every gate by sparse_lambda."
-    with torch.no_grad():
-        for _, l in ctx.layers(SoraLayer):
-            g = l.lora_gate[ctx.name]
-            g.copy_(g.sign() * (g.abs() - self.sparse_lambda).clamp_min(0))
+    def after_step(self, ctx, step:int, total:int):
+        "The proximal step of the L1 penalty: soft-threshold every gate by sparse_lambda."
+        with torch.no_grad():
+            for _, l in ctx.layers(SoraLayer):
+                g = l.lora_gate[ctx.name]
+                g.copy_(g.sign() * (g.abs() - self.sparse_lambda).clamp_min(0))
 
 def ranks_left(pm, adapter_name:str=None)->dict:
     "Per SoRA (or AdaLoRA) layer, the number of ranks whose gate (or Λ) is not zero."
