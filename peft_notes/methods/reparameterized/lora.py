@@ -28,7 +28,7 @@ class LoraLayer(LinearAdapterLayer):
         self.scaling, self._residual = {}, {}
 
     def update_layer(self, name:str, cfg):
-        kw = dict(bias=False, device=self.base_layer.weight.device, dtype=self.adapter_dtype)   # fp32 over a half-precision base
+        kw = dict(bias=False, device=self.base_device, dtype=self.adapter_dtype)   # fp32 over a half-precision base
         self.lora_A[name] = nn.Linear(self.in_features, cfg.r, **kw)
         self.lora_B[name] = nn.Linear(cfg.r, self.out_features, **kw)
         self.lora_dropout[name] = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()

@@ -31,7 +31,7 @@ class AdaloraLayer(LinearAdapterLayer):
         self.rank_mask = {}   # adapter -> kept ranks (bool, (init_r,)), once an allocation has pruned
 
     def update_layer(self, name, cfg):
-        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
+        kw = dict(device=self.base_device, dtype=self.adapter_dtype)
         self.lora_A[name] = nn.Parameter(torch.randn(cfg.init_r, self.in_features, **kw) * 0.02)   # Q
         self.lora_B[name] = nn.Parameter(torch.randn(self.out_features, cfg.init_r, **kw) * 0.02)  # P
         self.lora_E[name] = nn.Parameter(torch.zeros(cfg.init_r, 1, **kw))                         # Λ = 0: ΔW = 0

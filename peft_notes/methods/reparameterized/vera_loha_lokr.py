@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
-from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method
+from ...core import LinearAdapterLayer, PeftConfig, QV_TARGETS, register_method, linear_dims, module_device
 from ...core import conv1d_targets, hf_base_fields, hf_common_kwargs, refuse_unsupported
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #261bea18
@@ -59,10 +59,10 @@ class VeraLayer(DeltaLayer):
 
     def update_layer(self, name, cfg, shared:VeraShared=None):
         if shared is None: raise ValueError("a VeRA layer needs its adapter's shared pair: inject it with get_peft_model / add_adapter")
-        w = self.base_layer.weight
+        dev = self.base_device
         self._shared[name] = shared
-        self.vera_lambda_b[name] = nn.Parameter(torch.zeros(self.out_features, device=w.device, dtype=self.adapter_dtype))
-        self.vera_lambda_d[name] = nn.Parameter(torch.full((cfg.r,), cfg.d_initial, device=w.device, dtype=self.adapter_dtype))
+        self.vera_lambda_b[name] = nn.Parameter(torch.zeros(self.out_features, device=dev, dtype=self.adapter_dtype))
+        self.vera_lambda_d[name] = nn.Parameter(torch.full((cfg.r,), cfg.d_initial, device=dev, dtype=self.adapter_dtype))
         self.vera_dropout[name] = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def _AB(self, name):
@@ -100,10 +100,9 @@ class VeraConfig(PeftConfig):
     def inject(self, ctx):
         "Draw the shared pair at the targets' largest shapes, share it across the adapter's layers, then wrap the targets."
         mods = [ctx.module(t) for t in ctx.targets()]
-        mods = [getattr(m, "base_layer", m) for m in mods]
-        shapes = [(m.weight.shape[::-1] if isinstance(m, Conv1D) else m.weight.shape) for m in mods]  # (d_out, d_in)
+        shapes = [linear_dims(m) for m in mods]   # (d_out, d_in)
         shared = ctx.share(VeraShared(self.r, max(s[1] for s in shapes), max(s[0] for s in shapes), self.projection_prng_key,
-                                      persistent=self.save_projection).to(mods[0].weight.device))
+                                      persistent=self.save_projection).to(module_device(mods[0])))
         ctx.wrap_targets(shared=shared)
 
 # %% ../../../nbs/12_vera_loha_lokr.ipynb #d5dfe76c
@@ -117,7 +116,7 @@ class LohaLayer(DeltaLayer):
         for n in self.adapter_layer_names: setattr(self, n, nn.ParameterDict())
 
     def update_layer(self, name, cfg):
-        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
+        kw = dict(device=self.base_device, dtype=self.adapter_dtype)
         shapes = {"hada_w1_a": (self.out_features, cfg.r), "hada_w1_b": (cfg.r, self.in_features),
                   "hada_w2_a": (self.out_features, cfg.r), "hada_w2_b": (cfg.r, self.in_features)}
         for n, shape in shapes.items():
@@ -179,7 +178,7 @@ class LokrLayer(DeltaLayer):
     def update_layer(self, name, cfg):
         (a, b), (c, d) = factorization(self.out_features, cfg.decompose_factor), factorization(self.in_features, cfg.decompose_factor)
         self._shape[name] = (a, b, c, d)
-        kw = dict(device=self.base_layer.weight.device, dtype=self.adapter_dtype)
+        kw = dict(device=self.base_device, dtype=self.adapter_dtype)
         def new(attr, *shape):   # a fresh parameter for this adapter under PEFT's name `attr`
             p = getattr(self, attr)[name] = nn.Parameter(torch.empty(shape, **kw))
             return p
