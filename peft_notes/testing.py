@@ -118,6 +118,8 @@ def check_method(make_config, # () -> a fresh config of the method
     inputs = make_inputs(base)
     with torch.no_grad(): y0 = _logits(base(**inputs)).clone()
     pm = get_peft_model(base, make_config())
+    if pm.peft_config["default"].rebuilds_base:                      # the injection replaced base modules (quantized them): that is the base now
+        with torch.no_grad(), pm.disable_adapter(): y0 = _logits(pm.eval()(**inputs)).clone()
     r = {"trainable": pm.trainable_report().trainable, "total": pm.trainable_report().total}
     with torch.no_grad(): y_init = _logits(pm.eval()(**inputs))
     r["init_max_diff"] = (_text_part(y_init, y0) - y0).abs().max().item()

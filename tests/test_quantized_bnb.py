@@ -79,3 +79,64 @@ def test_our_layer_keeps_the_gradient_after_an_eval_forward():
     with torch.no_grad(): ours(x)                                  # an eval forward without grad first, as the trap needs
     xr = x.clone().requires_grad_(True); ours.train()(xr).sum().backward()
     assert xr.grad is not None and xr.grad.abs().sum() > 0
+
+def _bnb_model(tmp_path, **kw):
+    "A tiny BERT saved and loaded back through transformers' BitsAndBytesConfig (NF4, double quantization): a user's bitsandbytes base."
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+    from peft_notes.models import tiny_bert
+    d = tmp_path / "bert"
+    if not d.exists(): tiny_bert(seed=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw).save_pretrained(d)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32,
+                           llm_int8_skip_modules=["classifier"])   # a 2-way head stays full precision, as a user would keep it
+    return AutoModelForSequenceClassification.from_pretrained(d, quantization_config=q, device_map="cpu")
+
+def _steps(pm, x, n=2):
+    "n Adam steps on a toy loss; the names of the trained tensors that got a non-zero gradient at some step."
+    params = {k: p for k, p in pm.named_parameters() if p.requires_grad}
+    opt, seen = torch.optim.Adam(params.values(), lr=1e-2), set()
+    for _ in range(n):
+        opt.zero_grad(); loss = pm(**x).logits.pow(2).mean(); loss.backward(); opt.step()
+        seen |= {k for k, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    return params, seen, loss
+
+def test_our_lora_on_a_bitsandbytes_base_equals_peft(tmp_path):
+    "Our LoRA wraps bitsandbytes' Linear4bit (found through its registration, bitsandbytes imported only by then), trains every tensor, and loads in PEFT over the same base with the same logits."
+    import peft
+    from peft_notes.core import get_peft_model, stored_weight
+    from peft_notes.interop import to_hf_peft
+    from peft_notes.methods.reparameterized.lora import LoraConfig
+    m = _bnb_model(tmp_path).train()                      # train mode before any forward: see the repack test below
+    q = m.bert.encoder.layer[0].attention.self.query
+    assert type(q).__name__ == "Linear4bit" and tuple(q.weight.shape) != (32, 32) and stored_weight(q) is not None
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    pm = get_peft_model(m, LoraConfig(r=4, alpha=8, target_modules=["query", "value"]))
+    assert pm.base_model.bert.encoder.layer[0].attention.self.query.in_features == 32
+    params, seen, _ = _steps(pm, x)
+    assert seen == set(params) and len(params) == 8
+    to_hf_peft(pm, tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(_bnb_model(tmp_path).train(), tmp_path / "adapter")
+    x2 = {"input_ids": torch.randint(3, 90, (3, 9))}
+    ours_y, theirs_y = pm.train()(**x2).logits, theirs.train()(**x2).logits   # no dropout anywhere: train mode is deterministic
+    torch.testing.assert_close(ours_y, theirs_y, atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="Linear4bit stores its weight as bitsandbytes nf4 codes"): pm.merge_adapter()
+
+def test_the_bitsandbytes_repack_trap(tmp_path):
+    "On a CPU with AVX512-BF16, an eval forward without grad repacks a Linear4bit: then LoRA over it cannot train (no gradient, or bitsandbytes fails in its kernel). We warn when wrapping such a layer."
+    from bitsandbytes.functional import has_avx512bf16
+    from peft_notes.core import get_peft_model
+    from peft_notes.methods.reparameterized.lora import LoraConfig
+    if not has_avx512bf16(): pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack here")
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    kw = dict(hidden_size=64, intermediate_size=128)      # the CPU kernel needs rows of whole 64-blocks
+    m = _bnb_model(tmp_path, **kw).eval()
+    with torch.no_grad(): m(**x)
+    assert m.bert.encoder.layer[0].attention.self.query.weight.quant_state.packing_format_for_cpu
+    with pytest.warns(UserWarning, match="repacked for bitsandbytes' CPU inference kernel"):
+        pm = get_peft_model(m, LoraConfig(r=4, target_modules=["query", "value"]))
+    pm.train()
+    try: params, seen, loss = _steps(pm, x); trapped = loss.requires_grad and seen == set()   # a loss that trains nothing
+    except RuntimeError as e: trapped = "in-place" in str(e)   # or, with gradients flowing into the repacked path, bitsandbytes' own error
+    assert trapped
+    fresh = get_peft_model(_bnb_model(tmp_path, **kw).train(), LoraConfig(r=4, target_modules=["query", "value"]))
+    params, seen, _ = _steps(fresh, x)
+    assert seen == set(params)                            # train mode first: every tensor gets its gradient

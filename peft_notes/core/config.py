@@ -44,6 +44,7 @@ class PeftConfig:
     layer_cls: ClassVar[Optional[type]] = None # the AdapterLayer subclass that wraps a target
     hf_peft_type: ClassVar[Optional[str]] = None # Hugging Face PEFT's `peft_type` for this method, if PEFT has it
     kind: ClassVar[str] = "layer" # how it changes a model (`KINDS`): wraps modules, changes the inputs, owns deltas of base tensors, or combines other methods
+    rebuilds_base: ClassVar[bool] = False # does the injection replace base modules themselves (a quantized base)? Then the base is the model as the injection leaves it
 
     def __post_init__(self): self.validate()
 

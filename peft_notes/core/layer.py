@@ -10,7 +10,7 @@ __all__ = ['STORED_WEIGHTS', 'layer_input', 'with_input', 'split_output', 'join_
 # %% ../../nbs/00b_core_layer.ipynb #cd203c11
 import copy, re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -170,12 +170,23 @@ class StoredWeight:
     dtype: Callable # module -> the float dtype it computes in
     describe: Callable # module -> how it stores its weight, for messages ("as nf4 codes")
 
-STORED_WEIGHTS: dict = {}   # module type -> StoredWeight
+STORED_WEIGHTS: dict = {}   # module type, or a class's dotted name (a library not imported until a model holds one) -> StoredWeight
+
+def _registered(m:nn.Module)->Optional[StoredWeight]:
+    names = {f"{k.__module__}.{k.__qualname__}" for k in type(m).__mro__}
+    return next((s for c, s in STORED_WEIGHTS.items() if (c in names if isinstance(c, str) else isinstance(m, c))), None)
 
 def stored_weight(m:nn.Module)->Optional[StoredWeight]:
     "How module `m` (read through adapter layers) stores its weight, if it registered a form of its own; None for a float `weight`."
     m = base_of(m)
-    return next((s for c, s in STORED_WEIGHTS.items() if isinstance(m, c)), None)
+    if (s := _registered(m)) is None and _not_its_shape(m):   # a weight that is not the layer's shape: a method family may know the layer
+        from .config import list_methods
+        list_methods(); s = _registered(m)                    # imports every family, and so their registrations
+    return s
+
+def _not_its_shape(m:nn.Module)->bool:
+    "A `Linear` (or a subclass) whose `weight` is not (out_features, in_features): packed codes of a library the core does not know."
+    return isinstance(m, nn.Linear) and tuple(m.weight.shape) != (m.out_features, m.in_features)
 
 def linear_dims(m:nn.Module)->tuple[int, int]:
     "(d_out, d_in) of a linear module, read through adapter layers: a `Linear`, GPT-2's `Conv1D` (stored transposed), or one that stores its weight its own way."
@@ -344,10 +355,10 @@ class LinearAdapterLayer(AdapterLayer):
         "A (d_out, d_in) update in the base weight's own layout."
         return delta.T if self.fan_in_fan_out else delta
 
-def register_stored_weight(cls:type, weight:Callable, dtype:Callable, describe:Callable=lambda m: "in a form of its own"):
-    "Let weight-update methods (LoRA and its relatives) wrap `cls`: a linear layer with `in_features`/`out_features` that stores its weight its own way."
+def register_stored_weight(cls:Union[type, str], weight:Callable, dtype:Callable, describe:Callable=lambda m: "in a form of its own"):
+    "Let weight-update methods (LoRA and its relatives) wrap `cls` (a type, or its dotted name, for a library not imported until a model holds one): a linear layer with `in_features`/`out_features` that stores its weight its own way."
     STORED_WEIGHTS[cls] = StoredWeight(weight, dtype, describe)
-    if not issubclass(cls, LinearAdapterLayer.wraps): LinearAdapterLayer.wraps += (cls,)
+    if isinstance(cls, type) and not issubclass(cls, LinearAdapterLayer.wraps): LinearAdapterLayer.wraps += (cls,)
 
 
 # %% ../../nbs/00b_core_layer.ipynb #7dc3cf65

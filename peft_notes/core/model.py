@@ -9,13 +9,13 @@ __all__ = ['resolve', 'PeftModel', 'get_peft_model', 'InputsAdapter', 'cache_arg
 # %% ../../nbs/00d_core_model.ipynb #cf8b5394
 import copy, inspect, re, types, warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 import torch
 from torch import nn
 from fastcore.basics import patch
 from .config import PeftConfig, short_list
-from .layer import AdapterLayer, ModulesToSave, base_of, module_path
+from .layer import AdapterLayer, ModulesToSave, base_of, module_path, stored_weight
 from .targets import candidate_modules, find_targets, match_name
 
 # %% ../../nbs/00d_core_model.ipynb #e6202880
@@ -207,6 +207,7 @@ class AdapterContext:
     model: nn.Module # the PeftModel
     name: str # the adapter
     config: PeftConfig # its config (the model's own copy)
+    replaced: list = field(default_factory=list) # (path, module) of every base module `replace_base` replaced, for a failed injection to put back
 
     @property
     def base(self)->nn.Module: return self.model.base_model
@@ -217,6 +218,9 @@ class AdapterContext:
 
     def module(self, path:str)->nn.Module: return resolve(self.base, path)
     def replace(self, path:str, new:nn.Module): _replace(self.base, path, new)
+    def replace_base(self, path:str, new:nn.Module):
+        "Replace base module `path` itself (QLoRA's quantized layer for a `Linear`); put back if the injection fails. The config declares `rebuilds_base`."
+        self.replaced.append((path, self.module(path))); _replace(self.base, path, new)
     def pre_hook(self, module:nn.Module, hook):
         "Put forward pre-hook `hook` (it gets the call's kwargs) on base module `module`, once for the whole model; it comes off with the last adapter that asked for it."
         held = self.model._base_hooks.setdefault((id(module), hook), [None, set()])
@@ -325,7 +329,9 @@ def add_adapter(self:PeftModel, adapter_name:str, config:PeftConfig):
         config.inject(ctx)
         self._wrap_modules_to_save(ctx)
     except Exception:
-        self._remove_adapter_modules(adapter_name); roll_back(snap); raise
+        self._remove_adapter_modules(adapter_name)
+        for path, old in reversed(ctx.replaced): _replace(self.base_model, path, old)
+        roll_back(snap); raise
     self.peft_config[adapter_name] = config
     self._mark_trainable()
 
@@ -436,6 +442,9 @@ def _check_mergeable(self:PeftModel, names):
         if n not in self.peft_config: raise KeyError(f"no adapter {n!r}; this model has {sorted(self.peft_config)}")
         cfg = self.peft_config[n]
         if not cfg.can_merge(self.base_model):
+            held = [base_of(l.base_layer) for _, l in self.adapter_context(n).layers() if stored_weight(l.base_layer)]
+            if held: raise TypeError(f"{cfg.method!r} adapter {n!r} cannot be merged: {type(held[0]).__name__} stores its weight {stored_weight(held[0]).describe(held[0])}, "
+                                     "and a float update does not fold into it (dequantizing, adding and quantizing again adds a new rounding error); use it unmerged")
             parts = [type(p).__name__ for p in cfg.parts(self.base_model) if p is not cfg and not p.can_merge(self.base_model)]
             raise TypeError(f"{cfg.method!r} adapters cannot be merged into the base weights "
                             + (f"(their parts {parts} cannot: " if parts else "(") + "their update is not a fixed change of a weight matrix); use them unmerged")
