@@ -1,5 +1,6 @@
 """bench/lora_bench.py runs end to end (at a tiny size: its ratios are measured by running it, never asserted in a test)."""
 import json, subprocess, sys
+import pytest
 
 def test_bench_quick_writes_every_ratio(tmp_path, root):
     out = tmp_path / "bench.json"
@@ -118,3 +119,17 @@ def test_char_llama_retrains_at_a_tiny_size(tmp_path, root):
     assert tok.chars == stored["chars"]                                   # the same alphabet, from the same shipped corpus
     big, _, _ = load_char_llama(root / "nbs" / "assets" / "char_llama")
     assert {k: v.shape for k, v in lm.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}   # the stored model's architecture
+
+def test_qlora_bench_tiny(tmp_path, root):
+    "bench/qlora_bench.py at a tiny size: three rows (ours over fp32 and over NF4, PEFT over bitsandbytes), memory counted from the tensors, steps interleaved."
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "qlora.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "qlora_bench.py"), "--batch", "2", "--seq", "8", "--steps", "1", "--rounds", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    m = res["memory"]
+    assert set(m) == {"lora", "qlora", "peft_qlora"} and set(res["step_s"]) == set(m)
+    assert m["qlora"]["stored_mb"] < 0.7 * m["lora"]["stored_mb"] and abs(m["qlora"]["stored_mb"] - m["peft_qlora"]["stored_mb"]) < 1   # the same 4-bit base, counted
+    assert m["qlora"]["saved_mb"] <= m["lora"]["saved_mb"] * 1.01   # no dequantized weight waits for the backward
+    assert res["provenance"]["command"]
