@@ -74,7 +74,7 @@ def provenance(command:list=None, # default: this process's command line
         try: return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20).stdout.strip()
         except Exception: return ""
     versions = {"python": platform.python_version()}
-    for p in ("peft-notes", "torch", "transformers", "accelerate", "datasets", "peft"):
+    for p in ("peft-notes", "torch", "transformers", "accelerate", "datasets", "peft", "bitsandbytes"):   # the last two: test-time oracles, when present
         try: versions[p] = md.version(p)
         except md.PackageNotFoundError: pass
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!runs")),   # results being written are not code
