@@ -42,6 +42,8 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "s4_sst2.json": {"methods": ["s4", "harness"], "code": [f"{SEARCH}::{n}" for n in ("group_sizes", "s4_search")] + ["bench/s4_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
     "noah_sst2.json": {"methods": ["noah", "harness"], "code": [f"{NOAH}::{n}" for n in ("FirstRows", "NOAHSupernetConfig", "set_subnet", "inherit_subnet", "noah_search")]
                                                           + [f"{SEARCH}::{n}" for n in ("LayerPrefixCache", "LayerPrefix")] + ["bench/noah_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
+    "qlora_bench_cpu.json": {"methods": ["lora", "qlora"], "code": ["bench/qlora_bench.py", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},
+    "sst2_quantized.json": {"code": ["peft_notes/data.py"]},
     "placement_char_llama.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
                                   "code": ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "bench/placement_study.py"]},
     "placement_char_llama_sweep.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
