@@ -140,3 +140,28 @@ def test_the_bitsandbytes_repack_trap(tmp_path):
     fresh = get_peft_model(_bnb_model(tmp_path, **kw).train(), LoraConfig(r=4, target_modules=["query", "value"]))
     params, seen, _ = _steps(fresh, x)
     assert seen == set(params)                            # train mode first: every tensor gets its gradient
+
+def test_qlora_saves_as_a_peft_lora_that_loads_over_bitsandbytes(tmp_path):
+    "Our QLoRA (its own NF4 base) saved in PEFT's format: PEFT loads it over the same model quantized by bitsandbytes with the same logits to rounding, and it reads back here as a QLoRA, bit for bit."
+    import json, warnings, peft
+    from peft_notes.core import get_peft_model
+    from peft_notes.interop import to_hf_peft, from_hf_peft
+    from peft_notes.methods.quantized.qlora import QLoraConfig
+    from peft_notes.models import tiny_bert
+    size = dict(hidden_size=64, intermediate_size=128)
+    kw = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **size)
+    pm = get_peft_model(tiny_bert(seed=0, **kw), QLoraConfig(r=4, alpha=8, modules_to_save=["classifier"])).train()
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    _steps(pm, x, 3)
+    to_hf_peft(pm, tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LORA" and saved["quantization"]["quant_type"] == "nf4" and saved["quantization"]["double_quant"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # PEFT: "Unexpected keyword arguments ['quantization'] for class LoraConfig, these are ignored"
+        theirs = peft.PeftModel.from_pretrained(_bnb_model(tmp_path, **size).train(), tmp_path / "adapter")
+    x2 = {"input_ids": torch.randint(3, 90, (3, 9))}
+    ours_y = pm.train()(**x2).logits
+    torch.testing.assert_close(theirs.train()(**x2).logits, ours_y, atol=1e-5, rtol=0)   # our NF4 codes are bitsandbytes' but for ties
+    back = from_hf_peft(tiny_bert(seed=0, **kw), tmp_path / "adapter")
+    assert type(back.peft_config["default"]).__name__ == "QLoraConfig"
+    assert torch.equal(back.train()(**x2).logits, ours_y)

@@ -21,7 +21,6 @@ class QLoraConfig(LoraConfig):
     "QLoRA (Dettmers et al., NeurIPS 2023): LoRA over a base whose linear layers are stored in NF4 with double quantization."
     quantization: dict = field(default_factory=dict) # QuantConfig's fields for the base; {}: NF4, blocks of 64, double quantization, fp32 compute, the head kept
     rebuilds_base: ClassVar[bool] = True
-    hf_peft_type: ClassVar[Optional[str]] = None # the PEFT LoRA file over a bitsandbytes base is the interop section's (not yet written)
 
     def quant_config(self)->QuantConfig:
         "The base's format, as `quantize_model` takes it."
@@ -36,6 +35,11 @@ class QLoraConfig(LoraConfig):
             raise ValueError(f"QLoraConfig.init_lora_weights={self.init_lora_weights!r} would write a residual into the 4-bit base; use True, False or 'gaussian' (LoftQ is the quantization-aware start)")
 
     def can_merge(self, model)->bool: return False   # a float update does not fold into codes
+
+    def to_hf(self, ctx, tensors:dict)->tuple[dict, dict]:
+        "A PEFT LoRA file (PEFT's QLoRA is LoRA over a bitsandbytes base), with the base's format recorded under `quantization` (PEFT warns and ignores it)."
+        hf, tensors = LoraConfig.to_hf(self, ctx, tensors)
+        return {**hf, "quantization": asdict(self.quant_config())}, tensors
 
     def saved_state(self, ctx)->dict:
         "The format the base is in, written in full (a base quantized before the adapter came keeps its own: that is what loading must rebuild)."

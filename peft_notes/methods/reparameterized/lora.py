@@ -271,7 +271,7 @@ _INITS = (True, False, "gaussian", "pissa", "olora")  # PEFT inits we reproduce 
 
 @patch(cls_method=True)
 def from_hf(cls:LoraConfig, d:dict, tensors:dict)->tuple:
-    "Our LoraConfig (a DoraConfig for `use_dora`) and tensors from PEFT's config dict and weight file."
+    "Our LoraConfig (a DoraConfig for `use_dora`, a QLoraConfig for a file that records its base's `quantization`) and tensors from PEFT's config dict and weight file."
     refuse_unsupported(d, _LORA_UNSUPPORTED, "LoRA")
     how = d.get("init_lora_weights", True)
     if how not in _INITS and not (isinstance(how, str) and how.startswith("pissa_niter_")):
@@ -280,7 +280,10 @@ def from_hf(cls:LoraConfig, d:dict, tensors:dict)->tuple:
     if how == "olora" and d.get("fan_in_fan_out"): raise ValueError("PEFT's OLoRA on Conv1D layers decomposes the transposed weight; not reproduced here")
     kw = dict(r=d["r"], alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0), bias=d.get("bias", "none"),
               use_rslora=d.get("use_rslora", False), init_lora_weights=how, **hf_common_kwargs(d, tensors))
-    return (list_methods()["dora"] if d.get("use_dora") else LoraConfig)(**kw), tensors   # DoRA through the registry: no import of its module
+    if isinstance(d.get("quantization"), dict):   # written by our QLoRA (PEFT ignores the key): the base is to be quantized so
+        if d.get("use_dora"): raise ValueError("a LoRA file with both use_dora and a quantized base: QDoRA is not a method here")
+        return list_methods()["qlora"](**kw, quantization=d["quantization"]), tensors
+    return (list_methods()["dora"] if d.get("use_dora") else LoraConfig)(**kw), tensors   # DoRA and QLoRA through the registry: no import of their modules
 
 @patch
 def derived_from_base(self:LoraConfig, key:str)->bool:
