@@ -29,3 +29,16 @@ def test_weight_update_methods_train_over_a_quantized_base(method, make):
     assert seen == set(params), sorted(set(params) - seen)[:5]
     assert all(torch.equal(b, codes[n.removeprefix("base_model.")]) for n, b in pm.named_buffers() if n.removeprefix("base_model.") in codes and b.dtype == torch.uint8)
     with pytest.raises(TypeError, match="QuantizedLinear stores its weight as nf4 codes"): pm.merge_adapter()
+
+def test_a_qlora_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_is_unchanged(tmp_path):
+    "Loading a saved QLoRA onto a full-precision base of another width: a clear error, and the base keeps its full-precision layers (the quantization is undone)."
+    from peft_notes.core import PeftModel
+    from peft_notes.methods.quantized.qlora import QLoraConfig
+    pm = get_peft_model(tiny_bert(), QLoraConfig(r=4))
+    pm.save_adapter(tmp_path)
+    other = tiny_bert(hidden_size=64, intermediate_size=128)
+    before = {n: type(m) for n, m in other.named_modules()}
+    weights = {n: p.detach().clone() for n, p in other.named_parameters()}
+    with pytest.raises(ValueError, match="shape"): PeftModel.from_pretrained(other, tmp_path)
+    assert {n: type(m) for n, m in other.named_modules()} == before and not any(isinstance(m, QuantizedLinear) for m in other.modules())
+    assert all(torch.equal(p, weights[n]) for n, p in other.named_parameters())

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from .config import PeftConfig, short_list
 from dataclasses import replace
-from .model import PeftModel, roll_back, weights_snapshot
+from .model import PeftModel, base_replacements, put_back, roll_back, weights_snapshot
 from .targets import match_name
 
 # %% ../../nbs/00e_core_files.ipynb #7c6bfe1f
@@ -166,9 +166,10 @@ def from_tensors(cls:PeftModel, model:nn.Module, config:PeftConfig, tensors:dict
                  is_trainable:bool=False, source:str="")->PeftModel:
     "Inject `config` into `model` and fill it from `tensors` (saved keys); on any error `model` is left as it was, bit for bit."
     snap = weights_snapshot(model)
-    pm = cls(model, replace(config, inference_mode=not is_trainable), adapter_name)
-    try: pm._load_tensors(adapter_name, tensors, source=source)
-    except Exception: pm.unload(); roll_back(snap); raise
+    with base_replacements() as replaced:
+        pm = cls(model, replace(config, inference_mode=not is_trainable), adapter_name)
+        try: pm._load_tensors(adapter_name, tensors, source=source)
+        except Exception: pm.unload(); put_back(replaced); roll_back(snap); raise
     if not is_trainable: pm.eval()
     return pm
 
@@ -180,10 +181,11 @@ def load_adapter(self:PeftModel, model_id, adapter_name:str, is_trainable:bool=F
     tensors = read_safetensors(adapter_file(model_id, WEIGHTS_NAME))
     _warn_other_base(cfg, self.base_model, str(model_id))
     snap = weights_snapshot(self.base_model)
-    self.add_adapter(adapter_name, cfg)
-    try: self._load_tensors(adapter_name, tensors, source=str(model_id))
-    except Exception:
-        self._remove_adapter_modules(adapter_name); del self.peft_config[adapter_name]; roll_back(snap); raise
+    with base_replacements() as replaced:
+        self.add_adapter(adapter_name, cfg)
+        try: self._load_tensors(adapter_name, tensors, source=str(model_id))
+        except Exception:
+            self._remove_adapter_modules(adapter_name); del self.peft_config[adapter_name]; put_back(replaced); roll_back(snap); raise
     self._mark_trainable()
 
 # %% ../../nbs/00e_core_files.ipynb #ac7e42d4
