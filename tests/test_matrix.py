@@ -14,7 +14,7 @@ def tiny_qwen2():
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
-           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora"]
+           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq"]
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 
@@ -44,6 +44,7 @@ def _changes_inputs(method:str)->bool:
     return "inputs" in method_kinds(CONFIG.get((method, "bert"), list_methods()[method])(), tiny_bert())
 
 INPUTS_KIND = {m for m in METHODS if _changes_inputs(m)}
+NOT_BASE_AT_INIT = {"loftq": "Q + s·BA, nearer the full-precision weights than the quantized base it is compared with"}
 
 REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention",
            **{("xattn_tuning", a): "needs an encoder–decoder" for a in ("bert", "llama", "gpt2")}}   # its matrix runs on T5 and BART: tests/test_selective.py
@@ -60,11 +61,12 @@ def test_check_method(method, arch):
     if (method, arch) in REFUSED:
         with pytest.raises(ValueError, match=REFUSED[method, arch]): get_peft_model(make(), cfg())
         return
-    r = check_method(cfg, make, _with_specials if method == "pasta" else default_inputs, lr=LR_ARCH.get((method, arch), LR.get(method, 1e-2)), identity_at_init=method not in INPUTS_KIND)
+    r = check_method(cfg, make, _with_specials if method == "pasta" else default_inputs, lr=LR_ARCH.get((method, arch), LR.get(method, 1e-2)), identity_at_init=method not in INPUTS_KIND | set(NOT_BASE_AT_INIT))
     assert r["loss_after"] < r["loss_before"]
     if method in INPUTS_KIND:
         assert r["merge"].startswith("refused") and r["mixed_batch_max_diff"].startswith("refused") and r["init_max_diff"] > 0
     else: assert isinstance(r["mixed_batch_max_diff"], float) and r["mixed_batch_max_diff"] <= 1e-5
+    if method in NOT_BASE_AT_INIT: assert r["init_max_diff"] > 0
 
 def test_llama_adapter_on_mistral():
     "LLaMA-Adapter's second architecture: grouped-query Mistral (the matrix above runs it on LLaMA)."

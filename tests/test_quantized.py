@@ -42,3 +42,80 @@ def test_a_qlora_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_i
     with pytest.raises(ValueError, match="shape"): PeftModel.from_pretrained(other, tmp_path)
     assert {n: type(m) for n, m in other.named_modules()} == before and not any(isinstance(m, QuantizedLinear) for m in other.modules())
     assert all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
+
+# the methods of the quantized family that rebuild the base themselves: each trains with every trained tensor getting a gradient
+FAMILY = ["qlora", "loftq"]
+
+@pytest.mark.parametrize("method", FAMILY)
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
+def test_family_methods_give_every_trained_tensor_a_gradient(method, make):
+    "One call on a full-precision model: the targets become QuantizedLinear, and within three steps every trained tensor gets a non-zero gradient (the repack trap's symptom is a None gradient with a loss that still requires grad)."
+    torch.manual_seed(0)
+    pm = get_peft_model(make(), list_methods()[method]())
+    assert any(isinstance(m, QuantizedLinear) for m in pm.modules())
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    params = {n: p for n, p in pm.named_parameters() if p.requires_grad}
+    opt = torch.optim.Adam(params.values(), lr=1e-2); pm.train(); seen = set()
+    for _ in range(3):
+        opt.zero_grad(); pm(**x).logits.float().pow(2).mean().backward()
+        seen |= {n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}; opt.step()
+    assert params and seen == set(params), sorted(set(params) - seen)[:5]
+
+def _plain_loftq(W, q, r, s, T):
+    "Algorithm 1 of the LoftQ paper written out again, independently of `loftq_init`: Q_t = q(W - L_{t-1}), L_t = the rank-r SVD truncation of W - Q_t."
+    from peft_notes.methods.quantized.formats import dequantize, quantize
+    L = torch.zeros_like(W)
+    for _ in range(T):
+        state = quantize(W - L, q); Q = dequantize(state, q, tuple(W.shape))
+        U, S, Vh = torch.linalg.svd(W - Q, full_matrices=False)
+        L = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
+    return state, Q, L
+
+@pytest.mark.parametrize("quant_type", ["nf4", "nf2"])
+def test_loftq_layers_equal_a_plain_reimplementation(quant_type):
+    """The model LoftqConfig builds against the plain algorithm, on tiny BERT and LLaMA (rsLoRA, so s is not 1): after one step the same Q bit for bit and
+    s·BA its rank-r part; after three, the residuals differ in their last bits (BA is computed as two factors), so a weight at a bucket's edge may round
+    the other way (and the double-quantized constants move with the blocks' mean): at most 1% of the codes differ, and Q and the low-rank parts agree to 1%."""
+    from peft_notes.methods.quantized.loftq import LoftqConfig, LoftqLayer
+    for make in (tiny_bert, tiny_llama):
+        for T in (1, 3):
+            torch.manual_seed(0); ref = make()
+            weights = {n: m.weight.detach().clone() for n, m in ref.named_modules() if isinstance(m, nn.Linear)}
+            cfg = LoftqConfig(r=4, alpha=8, use_rslora=True, loftq_iter=T, quantization={"quant_type": quant_type, "block_size": 32})
+            pm = get_peft_model(ref, cfg)
+            layers = [(n, l) for n, l in pm.base_model.named_modules() if isinstance(l, LoftqLayer)]
+            assert layers
+            for n, l in layers:
+                state, Q, L = _plain_loftq(weights[n], cfg.quant_config(), 4, l.scaling["default"], T)
+                ours, low = l.base_layer.dequantize(), l.scaling["default"] * l.lora_B["default"].weight @ l.lora_A["default"].weight
+                if T == 1: assert torch.equal(ours, Q), n
+                else:
+                    assert (l.base_layer.codes != state["codes"]).float().mean() <= 0.01, n   # bytes of two codes each: an upper bound on the codes that differ
+                    assert (ours - Q).norm() <= 1e-2 * Q.norm(), n
+                assert (low - L).norm() <= 1e-2 * L.norm() + 1e-6, (n, T)
+
+def test_loftq_error_is_below_qlora_start_at_every_step():
+    """‖W - Q - sBA‖ against QLoRA's ‖W - q(W)‖ on every target of a tiny LLaMA: lower after any number of steps. Not monotone in T: the quantizer's grid
+    moves with each block's absmax, so a step can undo a little of the one before (on MiniLM's real matrices, chapter *LoftQ*, it falls at each step)."""
+    from peft_notes.methods.quantized.formats import dequantize, quantize
+    from peft_notes.methods.quantized.loftq import loftq_init
+    torch.manual_seed(0); m = tiny_llama()
+    q = QuantConfig("nf2", block_size=32)
+    for n, lin in m.named_modules():
+        if not isinstance(lin, nn.Linear) or n == "lm_head": continue
+        W = lin.weight.detach()
+        errs = [(W - dequantize(quantize(W, q), q, tuple(W.shape))).norm().item()]
+        for T in (1, 2, 4):
+            state, A, B = loftq_init(W, q, 4, 2.0, T)
+            errs.append((W - dequantize(state, q, tuple(W.shape)) - 2.0 * B @ A).norm().item())
+        assert max(errs[1:]) < errs[0], (n, errs)
+
+def test_a_loftq_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_is_unchanged(tmp_path):
+    "The saved codes of another width: a clear shape error, and the base keeps its full-precision layers."
+    from peft_notes.core import PeftModel
+    from peft_notes.methods.quantized.loftq import LoftqConfig
+    get_peft_model(tiny_bert(), LoftqConfig(r=4)).save_adapter(tmp_path)
+    other = tiny_bert(hidden_size=64, intermediate_size=128)
+    before = {n: type(m) for n, m in other.named_modules()}
+    with pytest.raises(ValueError, match="shape"): PeftModel.from_pretrained(other, tmp_path)
+    assert {n: type(m) for n, m in other.named_modules()} == before
