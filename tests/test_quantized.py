@@ -44,14 +44,18 @@ def test_a_qlora_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_i
     assert all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
 
 # the methods of the quantized family that rebuild the base themselves: each trains with every trained tensor getting a gradient
-FAMILY = ["qlora", "loftq"]
+FAMILY = ["qlora", "loftq", "qa_lora", "qdylora", "peqa"]
+QA16 = {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value", "q_proj", "v_proj"]}   # the tiny models' 37-wide MLPs take no groups of 16
+
+def _family_config(method):
+    return list_methods()[method](quantization=QA16) if method == "qa_lora" else list_methods()[method]()
 
 @pytest.mark.parametrize("method", FAMILY)
 @pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
 def test_family_methods_give_every_trained_tensor_a_gradient(method, make):
     "One call on a full-precision model: the targets become QuantizedLinear, and within three steps every trained tensor gets a non-zero gradient (the repack trap's symptom is a None gradient with a loss that still requires grad)."
     torch.manual_seed(0)
-    pm = get_peft_model(make(), list_methods()[method]())
+    pm = get_peft_model(make(), _family_config(method))
     assert any(isinstance(m, QuantizedLinear) for m in pm.modules())
     x = {"input_ids": torch.randint(3, 90, (2, 7))}
     params = {n: p for n, p in pm.named_parameters() if p.requires_grad}
@@ -119,3 +123,66 @@ def test_a_loftq_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_i
     before = {n: type(m) for n, m in other.named_modules()}
     with pytest.raises(ValueError, match="shape"): PeftModel.from_pretrained(other, tmp_path)
     assert {n: type(m) for n, m in other.named_modules()} == before
+
+
+def _qalora_layer(pool, hidden, g):
+    from peft_notes.methods.quantized.qa_lora import QALoraConfig
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(hidden_size=hidden), QALoraConfig(r=4, alpha=8, pool=pool, quantization={**QA16, "block_size": g}))
+    layer = pm.base_model.model.layers[0].self_attn.q_proj
+    with torch.no_grad(): layer.lora_B["default"].weight.normal_()
+    return layer
+
+@pytest.mark.parametrize("hidden, g, sum_agrees", [(32, 8, False), (64, 8, True)])
+def test_qa_lora_pooling_against_peft_forward(hidden, g, sum_agrees):
+    """Hugging Face PEFT's QA-LoRA forward (`QALoraLinearVariant.forward`, written for GPTQ layers: fed our A, B, scaling and input through a namespace)
+    equals ours with pool="peft"; with pool="sum" (the authors' code) it agrees only when g² = d_in."""
+    import types
+    from peft.tuners.lora.variants import QALoraLinearVariant
+    for pool in ("peft", "sum"):
+        layer = _qalora_layer(pool, hidden, g)
+        x = torch.randn(2, 5, hidden, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            base = layer.base_layer(x)
+            ns = types.SimpleNamespace(lora_A=layer.lora_A, lora_B=layer.lora_B, lora_dropout=layer.lora_dropout, scaling=layer.scaling,
+                                       qalora_group_size={"default": g}, in_features=hidden, training=False)
+            same = torch.allclose(layer.combine(x, base, "default"), QALoraLinearVariant.forward(ns, "default", x, base), atol=1e-5)
+        assert same == (pool == "peft" or sum_agrees), (pool, hidden, g)
+
+def test_qa_lora_merge_with_float32_zero_points_is_exact():
+    "With int_constants='float32', merging into the zero points and unmerging are exact to float32: the merged output equals the unmerged one to 1e-5, and the zero points come back to float32 rounding (1e-5 of a quantization step)."
+    from peft_notes.methods.quantized.qa_lora import QALoraConfig
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), QALoraConfig(r=4, quantization={**QA16, "int_constants": "float32"}))
+    for n, p in pm.named_parameters():
+        if "lora_B" in n: torch.nn.init.normal_(p, std=0.1)
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    zeros = {n: b.clone() for n, b in pm.named_buffers() if n.endswith(".zero")}
+    assert zeros and all(z.dtype == torch.float32 for z in zeros.values())
+    with torch.no_grad():
+        y = pm.eval()(**x).logits; pm.merge_adapter(); y_merged = pm(**x).logits; pm.unmerge_adapter()
+    torch.testing.assert_close(y_merged, y, atol=1e-5, rtol=0)
+    assert max((b - zeros[n]).abs().max().item() for n, b in pm.named_buffers() if n in zeros) < 1e-5
+
+@pytest.mark.parametrize("method", ["qa_lora", "peqa"])
+def test_merged_and_unloaded_models_stay_quantized(method):
+    "QA-LoRA and PEQA merge into the base's constants: merge_and_unload leaves QuantizedLinear layers with the codes they had and the adapted output."
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_bert(), _family_config(method))
+    for n, p in pm.named_parameters():
+        if p.requires_grad: torch.nn.init.normal_(p, mean=1.0 if "peqa_ratio" in n else 0.0, std=0.1)
+    codes = {n.replace(".base_layer", "").removeprefix("base_model."): b.clone() for n, b in pm.named_buffers() if n.endswith(".codes")}
+    x = {"input_ids": torch.randint(3, 90, (2, 7))}
+    with torch.no_grad(): y = pm.eval()(**x).logits
+    plain = pm.merge_and_unload()
+    with torch.no_grad(): y_plain = plain(**x).logits
+    torch.testing.assert_close(y_plain, y, atol=1e-3, rtol=0)
+    held = {n + ".codes": m.codes for n, m in plain.named_modules() if isinstance(m, QuantizedLinear)}
+    assert held and set(held) == set(codes) and all(torch.equal(held[n], codes[n]) for n in held)
+
+def test_peqa_and_qa_lora_refuse_a_base_of_another_format():
+    "A base quantized to NF4 before: PEQA has no per-channel scale to train, QA-LoRA no zero point to fold into; both refuse, naming it."
+    from peft_notes.methods.quantized.peqa import PeqaConfig
+    from peft_notes.methods.quantized.qa_lora import QALoraConfig
+    with pytest.raises(TypeError, match="per-channel scales"): get_peft_model(quantize_model(tiny_bert(), QuantConfig("nf4", block_size=32)), PeqaConfig())
+    with pytest.raises(TypeError, match="zero points"): get_peft_model(quantize_model(tiny_bert(), QuantConfig("nf4", block_size=32)), QALoraConfig())

@@ -102,6 +102,7 @@ class QuantConfig:
     double_quant: bool = True # nf/fp: the absmax constants themselves in 8 bits (blocks of dq_block_size, their mean subtracted)
     dq_block_size: int = 256
     zero_point: bool = False # int: each group's min..max with a zero point, rather than symmetric about 0
+    int_constants: str = "float16" # int: the dtype of each group's scale and zero point (float32 where a method merges into them)
     compute_dtype: str = "float32" # what a weight is dequantized to and multiplied in: float32 or bfloat16 (or float16)
     target_modules: Optional[list] = None # module names (a suffix of the path) to quantize; None: every linear layer but the head
     skip_modules: list = field(default_factory=lambda: list(HEADS)) # names never quantized (a suffix of the path)
@@ -115,6 +116,7 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.dq_block_size must be an int >= 2, got {self.dq_block_size!r}")
         if self.zero_point and fam != "int": raise ValueError(f"QuantConfig.zero_point is for int formats, not {self.quant_type}")
         if self.compute_dtype not in ("float32", "bfloat16", "float16"): raise ValueError(f"QuantConfig.compute_dtype must be float32, bfloat16 or float16, got {self.compute_dtype!r}")
+        if self.int_constants not in ("float16", "float32"): raise ValueError(f"QuantConfig.int_constants must be float16 or float32, got {self.int_constants!r}")
 
     @property
     def family(self)->str: return parse_quant_type(self.quant_type)[0]
@@ -126,7 +128,7 @@ class QuantConfig:
     def bits_per_weight(self, in_features:int=None)->float:
         "Storage bits per weight, constants included, for a large matrix (`in_features`: the row, for int groups of a whole row)."
         stored = slot_bits(self.bits)
-        if self.family == "int": return stored + 16 * (2 if self.zero_point else 1) / (self.block_size or in_features)
+        if self.family == "int": return stored + (16 if self.int_constants == "float16" else 32) * (2 if self.zero_point else 1) / (self.block_size or in_features)
         if not self.double_quant: return stored + 32 / self.block_size
         return stored + 8 / self.block_size + 32 / (self.block_size * self.dq_block_size)
 
@@ -150,15 +152,15 @@ def quantize(w:torch.Tensor, cfg:QuantConfig)->dict:
     "The tensors that store weight `w` (out, in) in `cfg`'s format: packed codes and their constants."
     w = w.detach().float()
     if cfg.family == "int":
-        k, groups = cfg.bits, _int_groups(w, cfg)
+        k, groups, cdt = cfg.bits, _int_groups(w, cfg), getattr(torch, cfg.int_constants)
         if cfg.zero_point:
             lo, hi = groups.amin(-1).clamp_max(0), groups.amax(-1).clamp_min(0)   # the range holds 0, so an exact zero survives
-            scale = ((hi - lo) / (2 ** k - 1)).clamp_min(1e-8).half()
-            zero = (-lo / scale.float()).round().clamp(0, 2 ** k - 1).half()
+            scale = ((hi - lo) / (2 ** k - 1)).clamp_min(1e-8).to(cdt)
+            zero = (-lo / scale.float()).round().clamp(0, 2 ** k - 1).to(cdt)
             q = (groups / scale.float()[..., None]).round() + zero.float()[..., None]
             return {"codes": pack(q.clamp(0, 2 ** k - 1), k), "scale": scale, "zero": zero}
         qmax = 2 ** (k - 1) - 1
-        scale = (groups.abs().amax(-1) / qmax).clamp_min(1e-8).half()
+        scale = (groups.abs().amax(-1) / qmax).clamp_min(1e-8).to(cdt)
         q = (groups / scale.float()[..., None]).round().clamp(-qmax, qmax) + 2 ** (k - 1)   # stored unsigned
         return {"codes": pack(q, k), "scale": scale}
     idx, absmax = blockwise_absmax(w, code_book(cfg.quant_type), cfg.block_size)
@@ -193,7 +195,8 @@ def _state_shapes(out_f:int, in_f:int, cfg:QuantConfig)->dict:
     n, per = out_f * in_f, 8 // slot_bits(cfg.bits)
     if cfg.family == "int":
         groups = (out_f, in_f // (cfg.block_size or in_f))
-        return {"codes": ((-(-n // per),), torch.uint8), "scale": (groups, torch.float16)} | ({"zero": (groups, torch.float16)} if cfg.zero_point else {})
+        cdt = getattr(torch, cfg.int_constants)
+        return {"codes": ((-(-n // per),), torch.uint8), "scale": (groups, cdt)} | ({"zero": (groups, cdt)} if cfg.zero_point else {})
     nb = -(-n // cfg.block_size)
     codes = {"codes": ((-(-nb * cfg.block_size // per),), torch.uint8)}
     if not cfg.double_quant: return codes | {"absmax": ((nb,), torch.float32)}

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['loftq_init', 'LoftqLayer', 'LoftqConfig']
 
-# %% ../../../nbs/52_loftq.ipynb #123e4376
+# %% ../../../nbs/52_loftq.ipynb #7d7191d3
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -17,7 +17,7 @@ from ..reparameterized.lora import LoraLayer
 from .formats import QuantConfig, QuantizedLinear, dequantize, quantization_targets, quantize
 from .qlora import QLoraConfig
 
-# %% ../../../nbs/52_loftq.ipynb #2dc55385
+# %% ../../../nbs/52_loftq.ipynb #28c789d4
 def loftq_init(W:torch.Tensor, # (d_out, d_in), the full-precision weight
                quant:QuantConfig, # the base's format
                r:int, # LoRA's rank
@@ -36,7 +36,7 @@ def loftq_init(W:torch.Tensor, # (d_out, d_in), the full-precision weight
         low = scaling * (B @ A)
     return state, A, B
 
-# %% ../../../nbs/52_loftq.ipynb #4145b962
+# %% ../../../nbs/52_loftq.ipynb #bbbf2829
 class LoftqLayer(LoraLayer):
     "LoRA over a `QuantizedLinear` whose codes LoftQ chose with the adapter's start: the codes are saved with the adapter (`loftq_base.*`)."
     def adapter_params(self, name:str)->dict:
@@ -49,7 +49,7 @@ class LoftqLayer(LoraLayer):
             for k, v in state.items(): getattr(base, k).copy_(v)
             self.lora_A[name].weight.copy_(A); self.lora_B[name].weight.copy_(B)
 
-# %% ../../../nbs/52_loftq.ipynb #caf7cce0
+# %% ../../../nbs/52_loftq.ipynb #c88f4a64
 @register_method("loftq")
 @dataclass
 class LoftqConfig(QLoraConfig):
