@@ -165,7 +165,8 @@ FINGERPRINT_CONFIG = {   # what a method needs to do something on a 2-layer mode
     "pasta": {"special_token_ids": [1, 2]}, "fish_mask": {"density": 0.05}, "lt_sft": {"density": 0.05, "select_steps": 2},
     "diff_pruning": {"density": 0.05, "search_steps": 2}, "far": {"select_steps": 2}, "spt": {"density": 0.2, "r": 1},
     "autopeft": {"serial_size": 4, "parallel_size": 4, "prefix_length": 3, "layers_to_transform": [1]},
-    "s4": {"strategies": ["AL", "AP", "AP", "PL"]}}
+    "s4": {"strategies": ["AL", "AP", "AP", "PL"]},
+    "qa_lora": {"quantization": {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value"]}}}   # INT4 groups must divide the 37-wide MLP's inputs: only the adapted layers
 FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5"}   # the methods that need another architecture than BERT
 
 def _harness_numbers()->list:

@@ -1,5 +1,5 @@
 """bench/lora_bench.py runs end to end (at a tiny size: its ratios are measured by running it, never asserted in a test)."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 import pytest
 
 def test_bench_quick_writes_every_ratio(tmp_path, root):
@@ -133,3 +133,23 @@ def test_qlora_bench_tiny(tmp_path, root):
     assert m["qlora"]["stored_mb"] < 0.7 * m["lora"]["stored_mb"] and abs(m["qlora"]["stored_mb"] - m["peft_qlora"]["stored_mb"]) < 1   # the same 4-bit base, counted
     assert m["qlora"]["saved_mb"] <= m["lora"]["saved_mb"] * 1.01   # no dequantized weight waits for the backward
     assert res["provenance"]["command"]
+
+def test_quantized_family_bench_tiny(tmp_path, root):
+    """bench/quantized_family.py at a tiny size: the accuracy part trains QA-LoRA through the harness and records its merged accuracy (the merged model
+    checked INT4) and its base's bytes; the cost part counts PEQA's training memory from the tensors beside PEFT's QLoRA and interleaves their steps."""
+    pytest.importorskip("bitsandbytes")
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    acc, cost = tmp_path / "acc.json", tmp_path / "cost.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "quantized_family.py"), "accuracy", "--rows", "qa_lora", "--train-size", "32", "--epochs", "0.25", "--out", str(acc)],
+                       capture_output=True, text=True, timeout=900, cwd=root, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads(acc.read_text())
+    assert row["row"] == "qa_lora" and 0 <= row["acc_merged"] <= 1 and abs(row["acc_merged"] - row["acc_after"]) < 0.01
+    assert row["base_linear_bytes"] < 0.2 * 4 * 21_233_664 and row["provenance"]["fingerprints"]["qa_lora"]   # INT4 + fp16 constants: 0.16 of fp32
+    r = subprocess.run([sys.executable, str(root / "bench" / "quantized_family.py"), "cost", "--rows", "lora,peqa", "--batch", "2", "--seq", "8", "--steps", "1", "--rounds", "1", "--out", str(cost)],
+                       capture_output=True, text=True, timeout=900, cwd=root, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(cost.read_text())
+    assert set(res["memory"]) == set(res["step_s"]) == {"lora", "peqa", "peft_qlora"}
+    assert res["memory"]["peqa"]["stored_mb"] < 0.7 * res["memory"]["lora"]["stored_mb"]
