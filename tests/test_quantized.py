@@ -44,7 +44,7 @@ def test_a_qlora_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_i
     assert all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
 
 # the methods of the quantized family that rebuild the base themselves: each trains with every trained tensor getting a gradient
-FAMILY = ["qlora", "loftq", "qa_lora", "qdylora", "peqa"]
+FAMILY = ["qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora"]
 QA16 = {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value", "q_proj", "v_proj"]}   # the tiny models' 37-wide MLPs take no groups of 16
 
 def _family_config(method):
@@ -186,3 +186,29 @@ def test_peqa_and_qa_lora_refuse_a_base_of_another_format():
     from peft_notes.methods.quantized.qa_lora import QALoraConfig
     with pytest.raises(TypeError, match="per-channel scales"): get_peft_model(quantize_model(tiny_bert(), QuantConfig("nf4", block_size=32)), PeqaConfig())
     with pytest.raises(TypeError, match="zero points"): get_peft_model(quantize_model(tiny_bert(), QuantConfig("nf4", block_size=32)), QALoraConfig())
+
+def test_ir_qlora_delta_weight_is_its_forward():
+    "The elastic connection is linear: get_delta_weight (s·(B + β_B R)(A + β_A P)) applied to an input equals what the layer adds to its base's output."
+    from peft_notes.methods.quantized.ir_qlora import IRQLoraConfig, IRQLoraLayer
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), IRQLoraConfig(r=4, tau_n=3))
+    layer = next(m for m in pm.modules() if isinstance(m, IRQLoraLayer))
+    with torch.no_grad():
+        for n, p in layer.named_parameters():
+            if p.requires_grad: p.normal_()
+        x = torch.randn(3, 5, layer.in_features)
+        added = layer.combine(x, torch.zeros(3, 5, layer.out_features), "default")
+        torch.testing.assert_close(added, x @ layer.get_delta_weight("default").T, atol=1e-4, rtol=1e-4)
+
+def test_icq_codes_carry_more_information_than_plain_nf4():
+    "On weights whose blocks are off centre, ICQ's codes have more entropy than plain NF4's, and its dequantized weight is as close or closer."
+    from peft_notes.methods.quantized.ir_qlora import ICQLinear, code_entropy
+    from peft_notes.methods.quantized.formats import unpack
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 256, generator=g) * 0.02 + torch.randn(64, 1, generator=g) * 0.01   # each row off centre
+    q = QuantConfig("nf4", block_size=64)
+    plain, icq = QuantizedLinear(256, 64, False, q), ICQLinear(256, 64, False, q, tau_n=20)
+    plain.set_weight(W); icq.set_weight(W)
+    H = lambda l: code_entropy(unpack(l.codes, 4, W.numel()).view(-1, 64), 16).mean().item()
+    assert H(icq) > H(plain)
+    assert (icq.dequantize() - W).norm() <= 1.01 * (plain.dequantize() - W).norm()
