@@ -30,6 +30,7 @@ ROWS = {  # row: (registered method, config overrides beyond the harness's recip
     "qa_lora": ("qa_lora", {}),                             # INT4, groups of 32, zero points; also evaluated merged
     "peqa": ("peqa", {}),                                   # INT4 per channel; the scales train
     "qdylora": ("qdylora", {}),                             # also evaluated at each rank
+    "ir_qlora": ("ir_qlora", {}),                           # NF4 + DQ with ICQ (101-point search), LoRA with IEC
 }
 
 def base_bytes(model)->dict:

@@ -212,3 +212,52 @@ def test_icq_codes_carry_more_information_than_plain_nf4():
     H = lambda l: code_entropy(unpack(l.codes, 4, W.numel()).view(-1, 64), 16).mean().item()
     assert H(icq) > H(plain)
     assert (icq.dequantize() - W).norm() <= 1.01 * (plain.dequantize() - W).norm()
+
+def test_bitdelta_from_holds_the_signs_and_mean_magnitude_of_the_delta():
+    "bitdelta_from on a base and a perturbed copy: each layer's delta weight is sign(W_ft - W)·mean|W_ft - W|; a copied head takes the fine-tune's weights."
+    import copy
+    from peft_notes.methods.quantized.low_bit import BitDeltaConfig, BitDeltaLayer, bitdelta_from
+    torch.manual_seed(0)
+    base = tiny_bert(num_labels=2); ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters(): p.add_(torch.randn_like(p) * 0.01)
+    fine = {n: m.weight.detach().clone() for n, m in ft.named_modules() if isinstance(m, nn.Linear)}
+    pm = bitdelta_from(base, ft, BitDeltaConfig(modules_to_save=["classifier"]))
+    layers = [(n, l) for n, l in pm.base_model.named_modules() if isinstance(l, BitDeltaLayer)]
+    assert len(layers) == sum(1 for n in fine if n != "classifier")
+    for n, l in layers:
+        d = fine[n] - l.base_layer.weight
+        torch.testing.assert_close(l.get_delta_weight("default"), d.sign() * d.abs().mean())
+    assert torch.equal(pm.base_model.classifier.modules_to_save["default"].weight, ft.classifier.weight)
+
+def test_distill_scales_trains_only_the_scales():
+    "Scale distillation moves the α's toward the teacher and nothing else: signs, base, and a copied head unchanged."
+    import copy
+    from peft_notes.methods.quantized.low_bit import BitDeltaConfig, bitdelta_from, distill_scales
+    torch.manual_seed(0)
+    base = tiny_llama(); ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters(): p.add_(torch.randn_like(p) * 0.02)
+    pm = bitdelta_from(base, ft)
+    before = {k: v.detach().clone() for k, v in pm.state_dict().items()}
+    batches = [{"input_ids": torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    losses = distill_scales(pm, ft, batches, steps=20, lr=1e-3)
+    assert losses[-1] < losses[0]
+    changed = {k for k, v in pm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("bitdelta_alpha" in k for k in changed), sorted(changed)[:3]
+
+def test_quantize_adapter_rounds_to_the_bits_it_says():
+    "After quantize_adapter(bits=k) each row of a LoRA matrix holds at most 2^k - 1 distinct values (2 for k = 1), and the byte count is k bits per weight plus an fp16 scale per row."
+    from peft_notes.methods.quantized.low_bit import quantize_adapter
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), list_methods()["lora"](r=4))
+    for n, p in pm.named_parameters():
+        if p.requires_grad: torch.nn.init.normal_(p)
+    mats = [p for p in pm.adapter_state_dict().values() if p.dim() == 2]
+    trained = [w.detach().clone() for w in mats]
+    for bits in (3, 1):
+        with torch.no_grad():
+            for w, t in zip(mats, trained): w.copy_(t)
+        size = quantize_adapter(pm, bits)
+        assert all(len(row.unique()) <= (2 if bits == 1 else 2 ** bits - 1) for w in mats for row in w)
+        assert size["bytes"] == sum(w.numel() * bits / 8 + 2 * w.shape[0] for w in mats) and size["fp32 bytes"] == sum(4 * w.numel() for w in mats)
