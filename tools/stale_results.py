@@ -44,6 +44,7 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
                                                           + [f"{SEARCH}::{n}" for n in ("LayerPrefixCache", "LayerPrefix")] + ["bench/noah_search.py", "bench/search_setup.py", "peft_notes/data.py"]},
     "qlora_bench_cpu.json": {"methods": ["lora", "qlora"], "code": ["bench/qlora_bench.py", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},
     "sst2_quantized.json": {"code": ["peft_notes/data.py"]},
+    "sst2_quantized_family.json": {"code": ["peft_notes/data.py"] + [f"bench/quantized_family.py::{n}" for n in ("accuracy", "base_bytes", "_test_loader")]},   # each row records its config; its method's fingerprint and the loop's cover the rest
     "placement_char_llama.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
                                   "code": ["peft_notes/foundations.py", "peft_notes/methods/hybrid/placement.py", "bench/placement_study.py"]},
     "placement_char_llama_sweep.json": {"methods": ["pfeiffer", "parallel_adapter", "lora"],
