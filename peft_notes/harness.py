@@ -20,7 +20,7 @@ from .train import evaluate, fit, make_loader
 # %% ../nbs/03a_harness.ipynb #d8ca872e
 BASELINES = ("full", "head")
 LR = {"full": 1e-4, "head": 2e-2, "lora": 3e-3}  # tuned on BBC News, 3 epochs; other methods default to 3e-3
-METHOD_KW = {m: dict(r=8, alpha=16) for m in ("lora", "qlora", "loftq", "qa_lora", "qdylora", "ir_qlora")}   # the chapter's recipe where it differs from the config default (the quantized family: LoRA's, over its base)
+METHOD_KW = {m: dict(r=8, alpha=16) for m in ("lora", "qlora", "loftq", "qa_lora", "qdylora", "ir_qlora", "lq_lora")}   # the chapter's recipe where it differs from the config default (the quantized family: LoRA's, over its base)
 
 def load_task(task:str, # `bbc` (shipped), `sst2`, or a local csv/tsv/json/parquet file or folder, or a hub name[:config]
               train_size:int=None, seed:int=0,

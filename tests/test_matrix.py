@@ -14,7 +14,7 @@ def tiny_qwen2():
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
-           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta"]
+           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta", "lq_lora"]
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 
@@ -41,13 +41,17 @@ CONFIG = {("p_tuning", "bert"): lambda: list_methods()["p_tuning"](modules_to_sa
           # QA-LoRA's INT4 groups must divide a layer's inputs: the tiny models' 37-wide MLPs stay in fp32, the adapted layers (32 wide) take groups of 16
           **{("qa_lora", a): (lambda t: lambda: list_methods()["qa_lora"](quantization={"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": t}))(t)
              for a, t in (("bert", ["query", "value"]), ("llama", ["q_proj", "v_proj"]), ("gpt2", ["c_attn"]))},
+          # LQ-LoRA under a budget between its two formats: the layers' formats differ, and the round trip must rebuild each in its own
+          **{("lq_lora", a): lambda: list_methods()["lq_lora"](bit_budget=3.0, lq_iter=3, menu=[{"quant_type": "nf2", "block_size": 16}, {"quant_type": "nf4", "block_size": 16}])
+             for a in ("bert", "llama", "gpt2")},
           **{("lt_sft", a): lambda: list_methods()["lt_sft"](density=0.05, select_steps=5, select_lr=1e-2) for a in ("bert", "llama", "gpt2")}}   # 0.5% of a tiny model is a handful of entries
 def _changes_inputs(method:str)->bool:
     "Does the method (a hybrid: one of its parts) change the model's inputs? Its declared `kind` says: not the base at init, not mergeable, no mixed batch (rows of different lengths)."
     return "inputs" in method_kinds(CONFIG.get((method, "bert"), list_methods()[method])(), tiny_bert())
 
 INPUTS_KIND = {m for m in METHODS if _changes_inputs(m)}
-NOT_BASE_AT_INIT = {"loftq": "Q + s·BA, nearer the full-precision weights than the quantized base it is compared with"}
+NOT_BASE_AT_INIT = {"loftq": "Q + s·BA, nearer the full-precision weights than the quantized base it is compared with",
+                    "lq_lora": "Q + L1L2, as LoftQ's"}
 # merging into fp16 zero points (QA-LoRA's format, as GPTQ stores them) rounds them: merged outputs to 1e-3, the base after unmerging to 1e-4
 TOLERANCES = {"qa_lora": dict(atol=1e-3, base_atol=1e-4)}
 

@@ -1,4 +1,5 @@
 """The quantized family's base (chapter *Quantized bases*): every weight-update method of the reparameterized family trains over a QuantizedLinear."""
+import copy
 import pytest, torch
 from torch import nn
 from peft_notes.core import get_peft_model, list_methods
@@ -44,7 +45,7 @@ def test_a_qlora_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_i
     assert all(torch.equal(p, weights[n]) for n, p in other.named_parameters())
 
 # the methods of the quantized family that rebuild the base themselves: each trains with every trained tensor getting a gradient
-FAMILY = ["qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora"]
+FAMILY = ["qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "lq_lora"]
 QA16 = {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value", "q_proj", "v_proj"]}   # the tiny models' 37-wide MLPs take no groups of 16
 
 def _family_config(method):
@@ -114,11 +115,11 @@ def test_loftq_error_is_below_qlora_start_at_every_step():
             errs.append((W - dequantize(state, q, tuple(W.shape)) - 2.0 * B @ A).norm().item())
         assert max(errs[1:]) < errs[0], (n, errs)
 
-def test_a_loftq_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_is_unchanged(tmp_path):
-    "The saved codes of another width: a clear shape error, and the base keeps its full-precision layers."
+@pytest.mark.parametrize("method", ["loftq", "lq_lora"])
+def test_a_loftq_adapter_on_a_base_of_the_wrong_shape_is_refused_and_the_model_is_unchanged(tmp_path, method):
+    "The saved codes of another width (LoftQ's, LQ-LoRA's): a clear shape error, and the base keeps its full-precision layers."
     from peft_notes.core import PeftModel
-    from peft_notes.methods.quantized.loftq import LoftqConfig
-    get_peft_model(tiny_bert(), LoftqConfig(r=4)).save_adapter(tmp_path)
+    get_peft_model(tiny_bert(), list_methods()[method](r=4)).save_adapter(tmp_path)
     other = tiny_bert(hidden_size=64, intermediate_size=128)
     before = {n: type(m) for n, m in other.named_modules()}
     with pytest.raises(ValueError, match="shape"): PeftModel.from_pretrained(other, tmp_path)
@@ -261,3 +262,68 @@ def test_quantize_adapter_rounds_to_the_bits_it_says():
         size = quantize_adapter(pm, bits)
         assert all(len(row.unique()) <= (2 if bits == 1 else 2 ** bits - 1) for w in mats for row in w)
         assert size["bytes"] == sum(w.numel() * bits / 8 + 2 * w.shape[0] for w in mats) and size["fp32 bytes"] == sum(4 * w.numel() for w in mats)
+
+
+def _plain_lq(W, q, r, T):
+    "The LQ-LoRA paper's alternation written out again, independently of `lq_decompose`: Q_0 = 0, L_t = the rank-r SVD truncation of W - Q_{t-1}, Q_t = q(W - L_t)."
+    from peft_notes.methods.quantized.formats import dequantize, quantize
+    Q = torch.zeros_like(W)
+    for _ in range(T):
+        U, S, Vh = torch.linalg.svd(W - Q, full_matrices=False)
+        L = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
+        state = quantize(W - L, q); Q = dequantize(state, q, tuple(W.shape))
+    return state, Q, L
+
+@pytest.mark.parametrize("quant_type", ["nf4", "nf2"])
+def test_lq_decompose_equals_a_plain_reimplementation_and_stops_at_the_first_rise(quant_type):
+    """On every linear layer of a tiny LLaMA: the kept step's Q and L against the plain alternation run for as many steps (codes equal but for
+    rounding at a bucket's edge, as in LoftQ's test), s·BA = L for any scaling, the errors falling until the last step, which (when the run stopped
+    before `iters`) is the first rise, and the kept step the best."""
+    from peft_notes.methods.quantized.formats import dequantize
+    from peft_notes.methods.quantized.lq_lora import lq_decompose
+    torch.manual_seed(0); m = tiny_llama(); q = QuantConfig(quant_type, block_size=32)
+    for n, lin in m.named_modules():
+        if not isinstance(lin, nn.Linear) or n == "lm_head": continue
+        W = lin.weight.detach()
+        state, A, B, errs = lq_decompose(W, q, 4, scaling=0.5, iters=12)
+        kept = len(errs) - 1 if len(errs) < 12 else len(errs) - (errs[-1] >= min(errs[:-1]))   # the step whose (Q, L) came back
+        assert all(a > b for a, b in zip(errs[:kept - 1], errs[1:kept])), (n, errs)
+        if len(errs) < 12: assert errs[-1] >= errs[-2], (n, errs)
+        ref_state, Q, L = _plain_lq(W, q, 4, kept)
+        ours = dequantize(state, q, tuple(W.shape))
+        assert (state["codes"] != ref_state["codes"]).float().mean() <= 0.01, n
+        assert (ours - Q).norm() <= 1e-2 * Q.norm() and (0.5 * B @ A - L).norm() <= 1e-2 * L.norm() + 1e-6, n
+        assert abs((W - ours - 0.5 * B @ A).norm().item() - min(errs)) <= 1e-4 * min(errs), n
+
+def test_lq_allocate_finds_the_brute_force_optimum_on_random_problems():
+    "Random errors and costs, 6 matrices x 3 options (729 assignments), budgets across the feasible range: the integer program's objective is the optimum's and within budget."
+    import itertools
+    from peft_notes.methods.quantized.lq_lora import lq_allocate
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        bits = (torch.rand(6, 3, generator=g) * 100 + 10).round().tolist()
+        errs = torch.rand(6, 3, generator=g).tolist()
+        lo, hi = sum(map(min, bits)), sum(map(max, bits))
+        for budget in torch.linspace(lo, hi, 7).tolist():
+            feasible = [(sum(errs[i][c] for i, c in enumerate(a)), a) for a in itertools.product(range(3), repeat=6) if sum(bits[i][c] for i, c in enumerate(a)) <= budget]
+            got = lq_allocate(errs, bits, budget)
+            assert sum(bits[i][c] for i, c in enumerate(got)) <= budget
+            assert abs(sum(errs[i][c] for i, c in enumerate(got)) - min(feasible)[0]) <= 1e-9, (trial, budget)
+    with pytest.raises(ValueError, match="below the"): lq_allocate(errs, bits, lo - 1)
+    with pytest.raises(ValueError, match="matrices, options"): lq_allocate(errs, bits[:-1], hi)
+
+def test_lq_lora_budget_mixes_formats_and_a_reload_rebuilds_each(tmp_path):
+    "Under a budget between NF2 and NF4 the layers' formats differ and average within it; saved and loaded onto a fresh model, every layer has its format back and the outputs are equal."
+    from peft_notes.core import PeftModel
+    from peft_notes.methods.quantized.lq_lora import LqLoraConfig, quantized_bits
+    torch.manual_seed(0); base = tiny_llama(); fresh = copy.deepcopy(base)
+    menu = [{"quant_type": "nf2", "block_size": 16}, {"quant_type": "nf4", "block_size": 16}]
+    pm = get_peft_model(base, LqLoraConfig(r=4, bit_budget=3.0, lq_iter=3, menu=menu, target_modules=["q_proj", "v_proj", "down_proj"]))
+    rep = quantized_bits(pm.base_model)
+    assert {v["format"] for v in rep["layers"].values()} == {"nf2/16", "nf4/16"} and rep["average"] <= 3.0
+    x = torch.randint(3, 90, (2, 7))
+    with torch.no_grad(): y = pm.eval()(input_ids=x).logits
+    pm.save_adapter(tmp_path)
+    again = PeftModel.from_pretrained(fresh, tmp_path)
+    assert quantized_bits(again.base_model) == rep
+    with torch.no_grad(): assert torch.equal(again.eval()(input_ids=x).logits, y)

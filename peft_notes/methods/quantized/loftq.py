@@ -39,8 +39,10 @@ def loftq_init(W:torch.Tensor, # (d_out, d_in), the full-precision weight
 # %% ../../../nbs/52_loftq.ipynb #bbbf2829
 class LoftqLayer(LoraLayer):
     "LoRA over a `QuantizedLinear` whose codes LoftQ chose with the adapter's start: the codes are saved with the adapter (`loftq_base.*`)."
+    base_key: ClassVar[str] = "loftq_base" # the prefix of the base's stored tensors in the adapter's file
+
     def adapter_params(self, name:str)->dict:
-        return {**super().adapter_params(name), **{f"loftq_base.{k}": v for k, v in base_of(self.base_layer).state().items()}}
+        return {**super().adapter_params(name), **{f"{self.base_key}.{k}": v for k, v in base_of(self.base_layer).state().items()}}
 
     def set_loftq(self, name:str, state:dict, A:torch.Tensor, B:torch.Tensor):
         "Write LoftQ's start: the base's stored tensors and the adapter's (A, B)."
