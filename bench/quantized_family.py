@@ -2,12 +2,19 @@
 
     .venv/bin/python bench/quantized_family.py accuracy --out results/sst2_quantized_family.json   # about an hour on 2 cores
     .venv/bin/python bench/quantized_family.py cost --out results/quantized_family_cost_cpu.json    # about 5 minutes
+    .venv/bin/python bench/quantized_family.py bitdelta --out results/sst2_bitdelta.json            # about 15 minutes
 
 `accuracy`: every row trained by the harness as the other families' tables are (`run_method`: SST-2, 8,000 training
 sentences, 2 epochs, batch 32, seq 64, seed 0, lr 3e-3, the new head trained in full), its adapter saved, then what
 the row needs beyond the harness: QA-LoRA's accuracy after merging into the zero points (reloaded onto a fresh
 full-precision MiniLM, merged, the linear layers checked to be INT4 `QuantizedLinear`s), QDyLoRA's accuracy at each
 rank from 1 to 8 from its one run, and every row's base bytes (linear weights as stored, and the whole model).
+
+`bitdelta`: the full fine-tune BitDelta compresses, trained by the harness's loop at its recipe for `full` (every
+weight, lr 1e-4); then `bitdelta_from` (every linear layer's delta as sign x alpha, the new head copied), the dev
+accuracy before and after `distill_scales` (only the alphas train, the fine-tune's logits the target, on the training
+sentences without their labels; Adam at 1e-5 for 200 steps: MiniLM's alphas are of order 1e-4 to 1e-3, and a step of
+1e-4 moves one by its own size), and the bytes of each: the fine-tune's weights against the adapter's file.
 
 `cost`: training memory counted from the tensors in a fresh process per row (what the model stores, the activations
 saved for backward, gradients, AdamW state: `bench/qlora_bench.py`'s accounting), and step times with every row's
@@ -31,6 +38,7 @@ ROWS = {  # row: (registered method, config overrides beyond the harness's recip
     "peqa": ("peqa", {}),                                   # INT4 per channel; the scales train
     "qdylora": ("qdylora", {}),                             # also evaluated at each rank
     "ir_qlora": ("ir_qlora", {}),                           # NF4 + DQ with ICQ (101-point search), LoRA with IEC
+    "lq_lora_3bit": ("lq_lora", {"bit_budget": 3.0}),        # every quantized matrix's format chosen from NF2/4/8 x blocks 64/32/16, 3 bits a weight on average
 }
 
 def base_bytes(model)->dict:
@@ -81,6 +89,35 @@ def accuracy(out, rows, train_size, epochs):
         if out: Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(results, indent=1))
     return results
 
+def bitdelta(out, train_size, epochs, distill_steps, distill_lr, batch=32, seq=64):
+    from datasets import DatasetDict
+    from peft_notes.data import tokenize
+    from peft_notes.harness import LR, build_model, load_task, provenance, stored_bytes as adapter_bytes
+    from peft_notes.methods.quantized.low_bit import BitDeltaConfig, bitdelta_from, distill_scales
+    from peft_notes.models import load_minilm
+    from peft_notes.train import evaluate, fit, make_loader
+    ds, col, n = load_task("sst2", train_size, 0)
+    full, tok = build_model("full", n, 0)
+    enc = tokenize(ds, tok, text_column=col, max_length=seq)
+    train_dl, test_dl = make_loader(enc["train"], tok, batch, shuffle=True, seed=0), make_loader(enc["test"], tok, 128)
+    h = fit(full, train_dl, test_dl, epochs=epochs, lr=LR["full"], seed=0, progress=False)
+    full.eval()
+    pm = bitdelta_from(load_minilm(num_labels=n, seed=0)[0], full, BitDeltaConfig(modules_to_save=["classifier"]))
+    acc_sign = evaluate(pm, test_dl)
+    alpha0 = [l.bitdelta_alpha["default"].item() for n_, l in pm.named_modules() if hasattr(l, "bitdelta_alpha")]
+    unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b, _ in zip(train_dl, range(distill_steps))]
+    losses = distill_scales(pm, full, unlabelled, steps=distill_steps, lr=distill_lr)
+    alpha1 = [l.bitdelta_alpha["default"].item() for n_, l in pm.named_modules() if hasattr(l, "bitdelta_alpha")]
+    r = {"row": "bitdelta", "task": "sst2", "train_size": len(enc["train"]), "epochs": epochs, "lr_full": LR["full"], "batch_size": batch, "max_length": seq,
+         "acc_full": h.final_accuracy, "acc_bitdelta": acc_sign, "acc_distilled": evaluate(pm, test_dl),
+         "full_bytes": sum(p.numel() * p.element_size() for p in full.parameters()), "bitdelta_bytes": adapter_bytes(pm),
+         "distill_steps": distill_steps, "distill_lr": distill_lr, "distill_losses": losses, "alpha_before": alpha0, "alpha_after": alpha1,
+         "full_train_s": h.seconds, "full_losses": h.losses, "provenance": provenance(methods=["bitdelta", "harness"])}
+    print(f"full {r['acc_full']:.4f}  bitdelta {r['acc_bitdelta']:.4f}  distilled {r['acc_distilled']:.4f}  "
+          f"(distill loss {losses[0]:.4f} -> {losses[-1]:.4f});  {r['full_bytes'] / 2**20:.1f} MiB -> {r['bitdelta_bytes'] / 2**20:.2f} MiB", flush=True)
+    if out: Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(r, indent=1))
+    return r
+
 def build(row:str):
     "The model of one cost row, in train mode before any forward (bitsandbytes' repack trap)."
     if row == "peft_qlora": return qlora_bench_build("peft_qlora")
@@ -127,17 +164,19 @@ def cost(out, rows, batch, seq, steps, rounds):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["accuracy", "cost", "child"])
+    ap.add_argument("part", choices=["accuracy", "cost", "bitdelta", "child"])
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all)")
     ap.add_argument("--train-size", type=int, default=8000); ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--batch", type=int, default=32); ap.add_argument("--seq", type=int, default=64); ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=10); ap.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--distill-steps", type=int, default=200); ap.add_argument("--distill-lr", type=float, default=1e-5)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     rows = [r for r in a.rows.split(",") if r]
     if (bad := [r for r in rows if r not in ROWS]): raise SystemExit(f"unknown rows {bad}; known: {list(ROWS)}")
     if a.part == "child": return child(a.row, a.batch, a.seq, a.steps)
     if a.part == "cost": return cost(a.out, rows, a.batch, a.seq, a.steps, a.rounds)
+    if a.part == "bitdelta": return bitdelta(a.out, a.train_size, a.epochs, a.distill_steps, a.distill_lr, a.batch, a.seq)
     return accuracy(a.out, rows, a.train_size, a.epochs)
 
 if __name__ == "__main__":

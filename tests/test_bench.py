@@ -153,3 +153,16 @@ def test_quantized_family_bench_tiny(tmp_path, root):
     res = json.loads(cost.read_text())
     assert set(res["memory"]) == set(res["step_s"]) == {"lora", "peqa", "peft_qlora"}
     assert res["memory"]["peqa"]["stored_mb"] < 0.7 * res["memory"]["lora"]["stored_mb"]
+
+def test_quantized_family_bitdelta_tiny(tmp_path, root):
+    """bench/quantized_family.py's BitDelta part at a tiny size: a full fine-tune by the harness's loop, its delta as signs and scales, the scales
+    distilled; the row records the three accuracies, the distillation's losses (only the alphas moved) and the adapter's bytes against the fine-tune's."""
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    out = tmp_path / "bitdelta.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "quantized_family.py"), "bitdelta", "--train-size", "32", "--epochs", "0.5", "--distill-steps", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert all(0 <= row[k] <= 1 for k in ("acc_full", "acc_bitdelta", "acc_distilled")) and len(row["distill_losses"]) == 2
+    assert row["alpha_before"] != row["alpha_after"] and len(row["alpha_before"]) == 37            # MiniLM's 36 encoder layers and its pooler, each one alpha
+    assert row["bitdelta_bytes"] < 0.05 * row["full_bytes"] and row["provenance"]["fingerprints"]["bitdelta"]
