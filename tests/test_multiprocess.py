@@ -41,3 +41,15 @@ def test_fsdp2_sharded_lora_matches_one_process(tmp_path):
     assert meta["world"] == "2" and int(meta["sharded"]) == len(two) > 0      # every adapter tensor was a sharded DTensor
     with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as f: assert float(f.metadata()["moved"]) > 1e-3   # it trained
     assert _max_diff(one, two) < 1e-5
+
+def test_fsdp2_sharded_qlora_matches_one_process(tmp_path):
+    """QLoRA under FSDP2 on two processes, its quantized base sharded (the packed codes made bfloat16 parameters by `codes_as_parameters`, as
+    bitsandbytes' quant_storage does for Answer.AI's FSDP-QLoRA): each process holds half of the codes, and the trained adapter equals one process's."""
+    _launch([sys.executable, str(FSDP), str(tmp_path / "one.safetensors"), "single", "qlora"])
+    _torchrun(2, 29543, FSDP, tmp_path / "two.safetensors", "fsdp", "qlora")
+    one, two = (read_safetensors(tmp_path / f) for f in ("one.safetensors", "two.safetensors"))
+    with safe_open(str(tmp_path / "two.safetensors"), framework="pt") as f: meta = f.metadata()
+    assert meta["world"] == "2" and int(meta["sharded"]) == len(two) > 0
+    assert int(meta["codes_full"]) > 0 and int(meta["codes_held"]) == int(meta["codes_full"]) // 2      # the base's codes are split between the processes
+    with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as f: assert float(f.metadata()["moved"]) > 1e-3
+    assert _max_diff(one, two) < 1e-5

@@ -327,3 +327,26 @@ def test_lq_lora_budget_mixes_formats_and_a_reload_rebuilds_each(tmp_path):
     again = PeftModel.from_pretrained(fresh, tmp_path)
     assert quantized_bits(again.base_model) == rep
     with torch.no_grad(): assert torch.equal(again.eval()(input_ids=x).logits, y)
+
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16, torch.float32])
+def test_codes_as_parameters_keeps_the_bytes_and_the_outputs(storage, tmp_path):
+    """The codes become frozen parameters in `storage` (what FSDP shards) without changing a byte the layer reads: same logits, same counted bytes,
+    an adapter saved over it reloads onto a fresh full-precision model with equal outputs, and a weight set afterwards goes into the same parameter."""
+    from peft_notes.core import PeftModel
+    from peft_notes.methods.quantized.formats import QuantReport, quantize
+    from peft_notes.methods.quantized.qlora import QLoraConfig, codes_as_parameters
+    torch.manual_seed(0); base = tiny_llama(); fresh = copy.deepcopy(base)
+    pm = get_peft_model(base, QLoraConfig(r=4, init_lora_weights=False)).eval()
+    x = torch.randint(3, 90, (2, 7))
+    with torch.no_grad(): y = pm(input_ids=x).logits
+    before = QuantReport.of(pm.base_model).linear
+    codes_as_parameters(pm, storage)
+    q = [m for m in pm.modules() if isinstance(m, QuantizedLinear)]
+    assert q and all(isinstance(m.codes, nn.Parameter) and m.codes.dtype == storage and not m.codes.requires_grad for m in q)
+    with torch.no_grad(): assert torch.equal(pm(input_ids=x).logits, y)
+    assert QuantReport.of(pm.base_model).linear == before
+    pm.save_adapter(tmp_path)
+    with torch.no_grad(): assert torch.equal(PeftModel.from_pretrained(fresh, tmp_path).eval()(input_ids=x).logits, y)
+    w = torch.randn(q[0].out_features, q[0].in_features); param = q[0].codes
+    q[0].set_weight(w)
+    assert q[0].codes is param and torch.equal(q[0].state()["codes"], quantize(w, q[0].config)["codes"])

@@ -238,9 +238,17 @@ class QuantizedLinear(nn.Module):
     def set_weight(self, w:torch.Tensor):
         "Quantize `w` (out, in) into this layer's buffers."
         if tuple(w.shape) != (self.out_features, self.in_features): raise ValueError(f"set_weight: expected ({self.out_features}, {self.in_features}), got {tuple(w.shape)}")
-        for k, v in quantize(w, self.config).items(): setattr(self, k, v.to(self.codes.device))
+        held = self.state()
+        for k, v in quantize(w, self.config).items():
+            if isinstance(getattr(self, k), nn.Parameter): held[k].copy_(v)   # codes made a parameter for FSDP: write the bytes in place
+            else: setattr(self, k, v.to(self.codes.device))
 
-    def state(self)->dict: return {k: getattr(self, k) for k in _state_shapes(self.out_features, self.in_features, self.config)}
+    def state(self)->dict:
+        "The stored tensors by name, the codes as bytes (`codes_as_parameters` may hold them in another dtype, a view of the same bytes)."
+        shapes = _state_shapes(self.out_features, self.in_features, self.config)
+        s = {k: getattr(self, k) for k in shapes}
+        if s["codes"].dtype != torch.uint8: s["codes"] = s["codes"].view(torch.uint8)[:shapes["codes"][0][0]]
+        return s
     @property
     def compute_dtype(self)->torch.dtype: return self.config.dtype
     def dequantize(self)->torch.Tensor:
