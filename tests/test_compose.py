@@ -187,3 +187,110 @@ def test_a_hybrid_with_a_part_that_cannot_merge_names_it():
     pm = get_peft_model(tiny_bert(), S4Config(strategies=["AL", "AL", "PL", "PL"]))
     with pytest.raises(TypeError, match=r"'s4' adapters cannot be merged.*PfeifferConfig.*LayerPrefixPart") as e: pm.merge_adapter()
     assert "LoraConfig" not in str(e.value) and not any(l.merged for _, l in pm._layers())   # the LoRA part merges alone, but nothing was merged
+
+# ---------------- composition blocks: stack, parallel, average, and a block added by the user ----------------
+from peft_notes.core import Average, Block, Parallel, Stack, register_block, BLOCKS
+from peft_notes.methods.additive.adapters import PfeifferConfig, ResidualAdapterConfig
+
+def _pfeiffers(names=("a", "b")):
+    pm = get_peft_model(tiny_bert(), PfeifferConfig(bottleneck=4), names[0])
+    for n in names[1:]: pm.add_adapter(n, PfeifferConfig(bottleneck=4))
+    return _nudge(pm, list(names))
+
+def _by_hand(pm, names, mix, x):
+    "The first block's adapted module output, computed from the bottleneck adapters' own modules: `mix(h, {name: yᵢ})`."
+    layer = pm.base_model.bert.encoder.layer[0].output.dense
+    with torch.no_grad():
+        h = layer.base_layer(x)
+        return mix(h, {n: h + layer.adapter[n](h) for n in names}), layer
+
+def test_parallel_and_average_mix_each_adapter_from_the_same_output():
+    pm, x = _pfeiffers(), torch.randn(2, 5, 37)
+    for comp, mix in [("parallel", lambda h, ys: h + sum(y - h for y in ys.values())),
+                      (Average([1, 3]), lambda h, ys: h + 0.25 * (ys["a"] - h) + 0.75 * (ys["b"] - h)),
+                      ("stack", None)]:
+        pm.set_adapter(["a", "b"], composition=comp)
+        want, layer = _by_hand(pm, ["a", "b"], mix or (lambda h, ys: None), x)
+        if mix is None:   # a stack: b on a's output
+            with torch.no_grad(): h = layer.base_layer(x); ha = h + layer.adapter["a"](h); want = ha + layer.adapter["b"](ha)
+        with torch.no_grad(): torch.testing.assert_close(layer(x), want, atol=1e-6, rtol=0)
+    assert isinstance(pm.composition, Stack)
+
+def test_loras_in_parallel_equal_their_stack_and_average_weighs_the_deltas():
+    "LoRA's change is additive: parallel = stack (the deltas summed); Average(w) = each B scaled by its wᵢ."
+    pm = _two_loras()
+    with torch.no_grad():
+        pm.set_adapter(["a", "b"]); y_stack = pm(IDS).logits
+        pm.set_adapter(["a", "b"], composition="parallel"); torch.testing.assert_close(pm(IDS).logits, y_stack, atol=1e-5, rtol=0)
+        pm.set_adapter(["a", "b"], composition=Average({"a": 0.3, "b": 0.7})); y_avg = pm(IDS).logits
+        ref = _two_loras()
+        for n, w in (("a", 0.3), ("b", 0.7)):
+            for k, t in ref.adapter_state_dict(n).items():
+                if "lora_B" in k: t.mul_(w)
+        ref.set_adapter(["a", "b"])
+        torch.testing.assert_close(y_avg, ref(IDS).logits, atol=1e-5, rtol=0)
+        assert not torch.allclose(y_avg, y_stack)
+
+def test_a_block_added_by_the_user_needs_no_method_forward():
+    "A new block, registered in three lines, works on adapters of every side (output: Pfeiffer; input: (IA)³'s feed-forward; the call: residual; the module's tensors: BitFit)."
+    @register_block("double_sum")
+    class DoubleSum(Block):
+        def mix(self, layer, h, ys): return h + 2 * sum(y - h for y in ys.values())
+    try:
+        for cfg in (lambda: PfeifferConfig(bottleneck=4), lambda: IA3Config(), lambda: ResidualAdapterConfig(bottleneck=4),
+                    lambda: BitFitConfig(target_modules=["intermediate.dense", "output.dense"])):
+            pm = get_peft_model(tiny_bert(), cfg(), "a"); pm.add_adapter("b", cfg()); _nudge(pm, ["a", "b"])
+            with torch.no_grad():
+                pm.set_adapter(["a", "b"], composition="parallel"); par = pm(IDS).logits
+                with pm.disable_adapter(): y0 = pm(IDS).logits
+                pm.set_adapter(["a", "b"], composition="double_sum"); dbl = pm(IDS).logits
+                pm.set_adapter(["a", "b"], composition="stack"); stk = pm(IDS).logits
+            assert not torch.allclose(dbl, par) and not torch.allclose(par, y0)
+            if isinstance(cfg(), (PfeifferConfig, ResidualAdapterConfig)): assert not torch.allclose(stk, par, atol=1e-4)   # a serial adapter on another's output is not the sum
+    finally: BLOCKS.pop("double_sum")
+
+def test_adapters_in_parallel_train_together():
+    pm = _pfeiffers(); pm.set_adapter(["a", "b"], composition="parallel"); pm.train()
+    pm(IDS, labels=torch.tensor([0, 1, 0])).loss.backward()
+    grads = {n: p.grad for n, p in pm.named_parameters() if p.requires_grad}
+    assert any(".adapter.a." in n for n in grads) and any(".adapter.b." in n for n in grads)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".up.bias" in n)   # the up-projection bias always gets one (a ReLU may leave a weight without)
+
+@pytest.mark.parametrize("comp", ["stack", "parallel", Average([0.2, 0.8])], ids=["stack", "parallel", "average"])
+def test_a_mixed_batch_with_every_block(comp):
+    "Rows naming one adapter, a tuple of adapters (combined by the model's block), or none: each row equals it run alone, for output-side, input-side, call-side and tensor-delta methods with heads."
+    pm = get_peft_model(tiny_bert(), PfeifferConfig(bottleneck=4, modules_to_save=["classifier"]), "p1")
+    pm.add_adapter("p2", PfeifferConfig(bottleneck=4, modules_to_save=["classifier"]))
+    pm.add_adapter("i1", IA3Config()); pm.add_adapter("i2", IA3Config())
+    pm.add_adapter("r1", ResidualAdapterConfig(bottleneck=4)); pm.add_adapter("r2", ResidualAdapterConfig(bottleneck=4))
+    pm.add_adapter("b1", BitFitConfig(target_modules=["intermediate.dense"])); pm.add_adapter("b2", BitFitConfig(target_modules=["intermediate.dense"]))
+    _nudge(pm, ["p1", "p2", "i1", "i2", "r1", "r2", "b1", "b2"])
+    ids = torch.randint(0, 99, (6, 7), generator=torch.Generator().manual_seed(2))
+    for pair in (("p1", "p2"), ("i1", "i2"), ("r1", "r2"), ("b1", "b2")):
+        pm.set_adapter(list(pair), composition=comp)
+        names = [pair, "__base__", pair[1], pair, pair[0], "__base__"]
+        with torch.no_grad():
+            mixed = pm(ids, adapter_names=names).logits
+            for i, e in enumerate(names):
+                if e == "__base__":
+                    with pm.disable_adapter(): alone = pm(ids[i:i + 1]).logits
+                else: pm.set_adapter(list(e) if isinstance(e, tuple) else e, composition=comp); alone = pm(ids[i:i + 1]).logits
+                torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-5, rtol=0)
+            pm.set_adapter(list(pair), composition=comp)
+            assert not torch.allclose(mixed[0], pm(ids[0:1], adapter_names=[pair[0]]).logits[0])
+
+def test_bad_compositions_are_refused_and_change_nothing():
+    pm = _two_loras()
+    with pytest.raises(ValueError, match="unknown composition 'sum'"): pm.set_adapter(["a", "b"], composition="sum")
+    with pytest.raises(ValueError, match=r"Average has 3 weights for 2 active adapters"): pm.set_adapter(["a", "b"], composition=Average([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"sum to 0"): pm.set_adapter(["a", "b"], composition=Average([1, -1]))
+    assert pm.active_adapters == ["a"] and isinstance(pm.composition, Stack)
+    pm.add_adapter("ia3", IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    with pytest.raises(ValueError, match=r"at model.layers.0.self_attn.k_proj they sit in different methods' layers \(IA3Layer: \['ia3'\], LoraLayer: \['a'\]\)"):
+        pm.set_adapter(["a", "ia3"], composition="parallel")
+    assert pm.active_adapters == ["a"]
+    pm.eval()
+    with pytest.raises(ValueError, match="an empty tuple"): pm(IDS, adapter_names=[(), "a", "a"])
+    with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['zz'\]"): pm(IDS, adapter_names=[("a", "zz"), "a", "a"])
+    pm.set_adapter(["a", "b"], composition=Average([1, 1]))
+    with pytest.raises(ValueError, match=r"Average weights name \['a', 'b'\], but the active adapters are \['a', 'ia3'\]"): pm(IDS, adapter_names=[("a", "ia3"), "a", "a"])

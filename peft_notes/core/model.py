@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from .config import PeftConfig, short_list
-from .layer import AdapterLayer, ModulesToSave, base_of, module_path, stored_weight
+from .layer import AdapterLayer, Block, ModulesToSave, Stack, as_block, base_of, module_path, stored_weight
 from .targets import candidate_modules, find_targets, match_name
 
 # %% ../../nbs/00d_core_model.ipynb #e6202880
@@ -50,6 +50,7 @@ class PeftModel(nn.Module):
         self._inputs_off = False
         self._base_hooks = {}                  # (module id, hook) -> [handle, adapters using it]: hooks methods put on base modules (`AdapterContext.pre_hook`)
         self.active_adapters: list[str] = [adapter_name]
+        self.composition = Stack()             # how several active adapters combine at a layer (`set_adapter(..., composition=)`)
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)
         try:
@@ -105,20 +106,28 @@ def _batch_size(args, kwargs)->Optional[int]:
 def _routing(self:PeftModel, names:Optional[list], args:tuple, kwargs:dict):
     "Inside: every layer routes example i through adapter `names[i]`."
     if names is None: yield; return
-    names = list(names); n = _batch_size(args, kwargs)
+    names = [tuple(a) if isinstance(a, (list, tuple)) else a for a in names]; n = _batch_size(args, kwargs)
     if n is not None and len(names) != n: raise ValueError(f"adapter_names has {len(names)} names for a batch of {n}")
-    if (bad := sorted({a for a in names if a != "__base__" and a not in self.peft_config})):
+    every = [m for a in names for m in (a if isinstance(a, tuple) else [a])]   # a tuple entry: those adapters, combined by the model's composition
+    if (bad := sorted({a for a in every if a != "__base__" and a not in self.peft_config}, key=str)):
         raise ValueError(f"adapter_names: unknown adapter(s) {bad}; this model has {sorted(self.peft_config)} and '__base__'")
     if self.training: raise ValueError("adapter_names is for inference: call model.eval() first (a mixed batch does not train)")
-    if any(n in self.adapter_inputs for n in {*names, *self.active_adapters}):
+    for t in {a for a in names if isinstance(a, tuple)}:
+        if not t: raise ValueError("adapter_names: an empty tuple names no adapter (use '__base__')")
+        if not self.composition.sequential: self._check_mixable(list(t), self.composition.bind(list(t)))
+    if any(n in self.adapter_inputs for n in {*every, *self.active_adapters}):
         raise ValueError("adapter_names with a prompt/prefix adapter is not supported: its rows would have different lengths")
     layers = [l for _, l in self._layers()]
     if any(l.merged for l in layers): raise ValueError("adapter_names with merged adapters: unmerge_adapter() first")
     if (why := next(filter(None, (l.mixed_batch_refusal() for l in layers)), None)): raise ValueError(f"adapter_names with {why} is not supported")
-    for l in layers: l.routing = names
+    tuples = {a for a in names if isinstance(a, tuple)}
+    if len(tuples) > 1 and isinstance(self.composition, Block) and type(self.composition).bind is not Block.bind:
+        raise ValueError(f"adapter_names: {len(tuples)} different tuples under {self.composition!r}, whose weights are for one set of adapters: use one tuple")
+    block = self.composition.bind(list(next(iter(tuples)))) if tuples else self.composition
+    for l in layers: l.routing, l.routing_block = names, block
     try: yield
     finally:
-        for l in layers: l.routing = None
+        for l in layers: l.routing, l.routing_block = None, None
 
 # %% ../../nbs/00d_core_model.ipynb #d6ad02b8
 class InputsAdapter(nn.Module):
@@ -279,6 +288,10 @@ class AdapterContext:
     @property
     def shared(self)->Optional[nn.Module]: return self.model.adapter_shared[self.name] if self.name in self.model.adapter_shared else None
 
+    def set_block(self, layer:AdapterLayer, block:Block):
+        "Make this adapter a composite at `layer`: activating it activates `block.members` there, combined by `block` (AdapterFusion's attention)."
+        layer.blocks[self.name] = block
+
     def layers(self, cls:type=None)->list[tuple[str, AdapterLayer]]:
         "(path, layer) of every layer holding this adapter (of class `cls` if given; heads copied in full are `ModulesToSave`)."
         return [(p, l) for p, l in self.model._layers() if self.name in l.adapter_names and (cls is None or isinstance(l, cls))]
@@ -377,17 +390,42 @@ def trained_unsaved(self:PeftModel, adapter_name:str=None)->list:
     return ps
 
 @patch
-def set_adapter(self:PeftModel, adapter_name:Union[str, list]):
-    "Make `adapter_name` — or several, a list — the active (and the only trainable) adapters; on a shared module they stack."
+def set_adapter(self:PeftModel, adapter_name:Union[str, list],
+                composition:Union[str, Block]=None): # how several active adapters combine at a layer: "stack", "parallel", "average", a `Block`; None: as before
+    "Make `adapter_name` — or several, a list — the active (and the only trainable) adapters, combined at each layer by `composition` (by default they stack)."
     names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
     if not names: raise ValueError("set_adapter needs at least one adapter name")
     if (bad := [n for n in names if n not in self.peft_config]):
         raise KeyError(f"no adapter {bad[0]!r}; this model has {sorted(self.peft_config)}")
+    composite = [n for n in names if any(n in l.blocks for _, l in self._layers())]
+    if composite and len(names) > 1: raise ValueError(f"{composite[0]!r} combines adapters of its own (a fusion): activate it alone, not with {[n for n in names if n != composite[0]]}")
+    block = as_block(composition) if composition is not None else self.composition
+    if len(names) > 1: block = block.bind(names)         # one adapter (or a fusion, with its own block) needs no weights
+    if len(names) > 1 and not block.sequential: self._check_mixable(names, block)
     if any(l.merged for _, l in self._layers()):
         warnings.warn("switching adapters on a merged model: unmerging first"); self.unmerge_adapter()
-    for _, layer in self._layers(): layer.set_active(names)
-    self.active_adapters = names
+    for _, layer in self._layers(): layer.set_active(names, block if len(names) > 1 else Stack())   # one adapter is itself; the model keeps its block for the next set
+    self.active_adapters, self.composition = names, block
     self._mark_trainable()
+
+@patch
+def _check_mixable(self:PeftModel, names:list, block:Block):
+    "A block that mixes outputs combines the adapters one layer holds: refuse active adapters that sit in different layers (methods) on one module, or that change the model's inputs."
+    if (inputs := [n for n in names if n in self.adapter_inputs]):
+        raise ValueError(f"composition {block.name!r} mixes layer outputs; {inputs} change the model's inputs (a prompt or prefix): use the stack")
+    for path, top in self._layers():
+        if path.endswith(".base_layer"): continue          # inside a stack: its top layer walks it
+        chain, m = [], top
+        while isinstance(m, AdapterLayer): chain.append(m); m = m.base_layer
+        holding = [(type(l).__name__, held) for l in chain if (held := [n for n in names if n in l.adapter_names])]
+        if len(holding) > 1:
+            raise ValueError(f"composition {block.name!r} mixes the outputs of adapters one layer holds; at {module_path(path)} they sit in different methods' layers "
+                             f"({', '.join(f'{t}: {ns}' for t, ns in holding)}): use the stack, or methods of one kind")
+
+@patch
+def set_composition(self:PeftModel, composition:Union[str, Block]):
+    "Combine the active adapters by `composition` from now on (`set_adapter(self.active_adapters, composition)`)."
+    self.set_adapter(self.active_adapters, composition)
 
 # %% ../../nbs/00d_core_model.ipynb #a025478e
 @patch
@@ -434,6 +472,8 @@ def delete_adapter(self:PeftModel, adapter_name:str):
     if adapter_name not in self.peft_config:
         raise KeyError(f"no adapter {adapter_name!r}; this model has {sorted(self.peft_config)}")
     if len(self.peft_config) == 1: raise ValueError(f"{adapter_name!r} is the only adapter; use unload() to get the base model back")
+    if (users := sorted({n for _, l in self._layers() for n, b in l.blocks.items() if adapter_name in b.members})):
+        raise ValueError(f"adapter {adapter_name!r} is combined by {users} (a fusion): delete {users[0]!r} first")
     self._remove_adapter_modules(adapter_name)
     del self.peft_config[adapter_name]
     left = [n for n in self.active_adapters if n != adapter_name]
