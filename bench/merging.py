@@ -24,7 +24,7 @@ def dare(out, train_size=8000, epochs=2, densities=(0.5, 0.3, 0.1, 0.03, 0.01), 
     deltas = torch.cat([l.get_delta_weight(name).detach().flatten() for l in adapter_layers(pm, name).values()]).abs()
     rows = []
     def score(kind, rho, seed, how, weight):
-        merge_adapters(pm, [name], [weight], how, new_name="kept", density=rho, seed=seed, heads_from=name)
+        merge_adapters(pm, [name], [weight], how, new_name="kept", density=rho, seed=0 if seed is None else seed, heads_from=name)
         pm.set_adapter("kept"); acc = evaluate(pm, test_dl); pm.set_adapter(name); pm.delete_adapter("kept")
         rows.append({"kind": kind, "density": rho, "seed": seed, "accuracy": acc})
         print(f"{kind:24s} density {rho:<5} seed {seed}: {acc:.4f}", flush=True)
