@@ -46,5 +46,6 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None)
     ap.add_argument("--train-size", type=int, default=8000)
     ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--densities", default="0.5,0.3,0.1,0.03,0.01"); ap.add_argument("--seeds", default="0,1,2")
     a = ap.parse_args()
-    if a.what == "dare": dare(a.out, a.train_size, a.epochs)
+    if a.what == "dare": dare(a.out, a.train_size, a.epochs, [float(x) for x in a.densities.split(",")], [int(x) for x in a.seeds.split(",")])

@@ -166,3 +166,29 @@ def test_quantized_family_bitdelta_tiny(tmp_path, root):
     assert all(0 <= row[k] <= 1 for k in ("acc_full", "acc_bitdelta", "acc_distilled")) and len(row["distill_losses"]) == 2
     assert row["alpha_before"] != row["alpha_after"] and len(row["alpha_before"]) == 37            # MiniLM's 36 encoder layers and its pooler, each one alpha
     assert row["bitdelta_bytes"] < 0.05 * row["full_bytes"] and row["provenance"]["fingerprints"]["bitdelta"]
+
+def test_merging_dare_bench_tiny(tmp_path, root):
+    "bench/merging.py's DARE study at a tiny size: a LoRA trained by the harness's loop, its change kept three ways, each scored; the change's statistics."
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    out = tmp_path / "dare.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "merging.py"), "dare", "--train-size", "32", "--epochs", "0.5", "--densities", "0.3", "--seeds", "0", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert sorted(x["kind"] for x in res["rows"]) == ["dare", "dropped_not_rescaled", "largest_kept"] and all(0 <= x["accuracy"] <= 1 for x in res["rows"])
+    assert 0 < res["delta_abs"]["median"] <= res["delta_abs"]["max"] and res["delta_abs"]["entries"] == 6 * 2 * 384 * 384 and res["provenance"]["fingerprints"]["lora"]
+
+def test_multitask_bench_tiny(tmp_path, root):
+    "bench/multitask.py at a tiny size: source adapters saved, merged by two rows of the table, fused on the target; each part writes its rows."
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    env, run = {**os.environ, "HF_HUB_OFFLINE": "1"}, lambda *a: subprocess.run([sys.executable, str(root / "bench" / "multitask.py"), *a, "--save", str(tmp_path / "ad")],
+                                                                                  capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    tasks = "dialogue_topic,shakespeare_speaker"
+    r = run("sources", "--tasks", tasks, "--train-size", "24", "--epochs", "0.5", "--out", str(tmp_path / "s.json")); assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted((x["task"], x["method"]) for x in json.loads((tmp_path / "s.json").read_text())["rows"]) == sorted((t, m) for t in tasks.split(",") for m in ("lora", "pfeiffer"))
+    r = run("merging", "--tasks", tasks, "--merges", "average,ties", "--out", str(tmp_path / "m.json")); assert r.returncode == 0, r.stderr[-3000:]
+    acc = json.loads((tmp_path / "m.json").read_text())["accuracy"]
+    assert set(acc) == {"own adapter", "average", "ties"} and all(set(v) == set(tasks.split(",")) for v in acc.values())
+    r = run("fusion", "--tasks", tasks, "--sizes", "16", "--steps", "2", "--out", str(tmp_path / "f.json")); assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert [x["kind"] for x in rows] == ["head", "adapter", "fusion"] and len(rows[-1]["attention"]) == 6 and len(rows[-1]["fused"]) == 3

@@ -14,7 +14,8 @@ def tiny_qwen2():
 METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", "ia3", "bitfit", "prompt_tuning", "prefix_tuning",
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
-           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta", "lq_lora"]
+           "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta", "lq_lora",
+           "adapter_fusion"]
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 
@@ -96,7 +97,9 @@ def test_half_precision_base(method):
     pm.before_training([{**x, "labels": x["input_ids"]}])              # FishMask chooses its entries from data (the bf16 model's Fisher)
     trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
     assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}, {n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32}
-    assert {p.dtype for p in pm.parameters() if not p.requires_grad} == {torch.bfloat16}
+    others = {id(p) for n in pm.peft_config if n != "default" for p in pm.adapter_state_dict(n).values()}   # other adapters (a fusion's frozen members): fp32 too
+    assert {p.dtype for p in pm.parameters() if not p.requires_grad and id(p) not in others} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in pm.parameters() if id(p) in others)
     y = pm(**x).logits
     assert y.dtype == torch.bfloat16 and y.isfinite().all()
     y.float().square().mean().backward()

@@ -47,6 +47,7 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "sst2_quantized_family.json": {"code": ["peft_notes/data.py"] + [f"bench/quantized_family.py::{n}" for n in ("accuracy", "base_bytes", "_test_loader")]},   # each row records its config; its method's fingerprint and the loop's cover the rest
     "sst2_quantized_lr_nf2.json": {"code": ["peft_notes/data.py"]},   # harness rows: each records its config and its method's and the loop's fingerprints
     "sst2_bitdelta.json": {"methods": ["bitdelta", "harness"], "code": ["peft_notes/data.py", "bench/quantized_family.py::bitdelta"]},
+    "sst2_dare.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/methods/multitask/merging.py", "bench/merging.py::dare"]},
     "quantized_family_cost_cpu.json": {"methods": ["lora", "qlora", "loftq", "qa_lora", "peqa", "qdylora", "ir_qlora", "lq_lora"],
                                        "code": [f"bench/quantized_family.py::{n}" for n in ("build", "child", "cost")]
                                                + ["bench/qlora_bench.py::build", "bench/qlora_bench.py::stored_bytes", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},

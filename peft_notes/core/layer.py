@@ -419,12 +419,14 @@ class FusionAttention(nn.Module):
         with torch.no_grad(): self.value.weight.copy_(torch.eye(d)); self.value.bias.zero_()
         self.temperature = temperature
         self.record = False; self.last_weights = None   # `record`: keep the mean attention per adapter of the last call (the chapter's figure)
+        self.keep = False; self.last_alpha = None       # `keep`: keep the last call's attention itself, (..., N), in the graph (a loss on it)
 
     def forward(self, h:torch.Tensor, ys:torch.Tensor)->torch.Tensor:    # h (..., d), ys (..., N, d) -> (..., d)
         dt = self.query.weight.dtype; h, ys = h.to(dt), ys.to(dt)
         scores = (self.query(h).unsqueeze(-2) * self.key(ys)).sum(-1) / self.temperature   # (..., N)
         alpha = scores.softmax(-1)
         if self.record: self.last_weights = alpha.detach().reshape(-1, alpha.shape[-1]).mean(0)
+        if self.keep: self.last_alpha = alpha
         return (alpha.unsqueeze(-1) * self.value(ys)).sum(-2)
 
 class Fusion(Block):

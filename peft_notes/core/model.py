@@ -354,10 +354,13 @@ def add_adapter(self:PeftModel, adapter_name:str, config:PeftConfig):
     if adapter_name in self.peft_config: raise ValueError(f"adapter {adapter_name!r} exists already; delete it first")
     config = copy.deepcopy(config); config.validate()
     ctx, snap = AdapterContext(self, adapter_name, config), weights_snapshot(self.base_model)
+    before = list(self.peft_config)
     try:
         config.inject(ctx)
         self._wrap_modules_to_save(ctx)
     except Exception:
+        for n in [n for n in self.peft_config if n not in before]:   # adapters the injection added (an AdapterFusion's members) go too
+            self._remove_adapter_modules(n); del self.peft_config[n]
         self._remove_adapter_modules(adapter_name)
         for path, old in reversed(ctx.replaced): _replace(self.base_model, path, old)
         roll_back(snap); raise
