@@ -140,7 +140,8 @@ def test_task_vectors_merge_entry_by_entry():
     for how in ("task_arithmetic", "ties", "magnitude_prune"):
         out = merge_task_vectors(base, tuned, [0.5, 0.3, 0.2], how, density=0.3)
         torch.testing.assert_close(out[k], sd0[k] + _ref_merge(taus, [0.5, 0.3, 0.2], "linear" if how == "task_arithmetic" else how, 0.3), atol=1e-6, rtol=0)
-        assert torch.equal(out["bert.embeddings.position_ids"], sd0["bert.embeddings.position_ids"]) if "bert.embeddings.position_ids" in sd0 else True
+    counter = lambda m, v: {**m.state_dict(), "steps": torch.tensor([v])}   # an integer buffer: the base's is kept, not merged
+    assert merge_task_vectors(counter(base, 3), [counter(t, 5 + i) for i, t in enumerate(tuned)], [1, 1, 1])["steps"].tolist() == [3]
     with pytest.raises(ValueError, match="2 weights for 3 fine-tuned models"): merge_task_vectors(base, tuned, [1, 1])
     with pytest.raises(ValueError, match="unknown merge 'svd' for task vectors"): merge_task_vectors(base, tuned, [1, 1, 1], "svd")
     with pytest.raises(ValueError, match="model 0 has other tensors than the base"): merge_task_vectors(base, [tiny_llama(), *tuned[1:]], [1, 1, 1])
@@ -159,6 +160,7 @@ def test_task_vectors_merge_entry_by_entry():
     (lambda pm: merge_adapters(pm, ["a", "c"], [1, 1], "linear", semantics="peft"), "the ranks must be equal; got [2, 4]"),
     (lambda pm: merge_adapters(pm, ["h"], [1], "cat", semantics="peft"), "semantics='peft' merges plain LoRA"),
     (lambda pm: merge_adapters(pm, ["a"], [1], rank=0), "rank must be a positive int"),
+    (lambda pm: merge_adapters(pm, ["a"], [1], "magnitude_prune", density=0.5, seed=None), "seed must be an int"),
     (lambda pm: merge_adapters(pm, ["a"], [1], heads_from="zz"), "heads_from: no adapter 'zz'"),
 ])
 def test_bad_merges_are_refused_and_write_nothing(call, msg):

@@ -102,7 +102,7 @@ def _svd_factors(D:torch.Tensor, rank:int, clamp:float=None)->tuple:
         B, A = B.clamp(-hi, hi), A.clamp(-hi, hi)
     return B, A
 
-def _check_merge(model, names, weights, how, new_name, density, semantics, rank):
+def _check_merge(model, names, weights, how, new_name, density, semantics, rank, seed=0):
     "Every argument checked before anything is computed: nothing is written on a refusal."
     if not isinstance(model, PeftModel): raise TypeError(f"merge_adapters merges adapters of a PeftModel, got {type(model).__name__}")
     names = [names] if isinstance(names, str) else list(names)
@@ -118,6 +118,7 @@ def _check_merge(model, names, weights, how, new_name, density, semantics, rank)
     sparse = how.removesuffix("_svd") in SPARSE
     if sparse and (density is None or not 0 < density <= 1): raise ValueError(f"merge {how!r} needs a density in (0, 1] (the fraction of each change kept), got {density}")
     if rank is not None and not (isinstance(rank, int) and rank >= 1): raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool): raise ValueError(f"seed must be an int (DARE's drops), got {seed!r}")
     if not isinstance(new_name, str) or new_name in model.peft_config: raise ValueError(f"the merged adapter's name {new_name!r} is taken (or not a string): choose a new one")
     methods = {model.peft_config[n].method for n in names}
     if len(methods) > 1: raise ValueError(f"merging adapters of different methods {sorted(methods)}: merge adapters of one method (their changes are then of one kind)")
@@ -171,7 +172,7 @@ def merge_adapters(model:PeftModel, # holds the adapters
                    heads_from:str=None, # an adapter whose trained copies of whole modules (`modules_to_save`: a task's head) the new one copies
                   )->LoraConfig:
     "Merge adapters into a new LoRA adapter `new_name` (added, not activated); returns its config. All arguments are checked first: on an error nothing is written."
-    names, weights = _check_merge(model, names, weights, how, new_name, density, semantics, rank)
+    names, weights = _check_merge(model, names, weights, how, new_name, density, semantics, rank, seed)
     if majority_sign_method not in ("total", "frequency"): raise ValueError(f"majority_sign_method must be 'total' or 'frequency', got {majority_sign_method!r}")
     if heads_from is not None and heads_from not in model.peft_config: raise ValueError(f"heads_from: no adapter {heads_from!r}; this model has {sorted(model.peft_config)}")
     heads = (model.peft_config[heads_from].modules_to_save or None) if heads_from else None
@@ -180,10 +181,9 @@ def merge_adapters(model:PeftModel, # holds the adapters
     paths = [p for p in dict.fromkeys(module_path(q) for q, _ in model.base_model.named_modules()) if any(p in h for h in held.values())]
     ranks = [getattr(model.peft_config[n], "r", None) for n in names]
     new_rank = (sum(ranks) if how == "cat" else (rank or max(ranks)) if how.endswith("svd") else ranks[0]) if semantics == "peft" else None
-    R = new_rank or None
     if semantics == "peft":   # PEFT adds the new adapter (initialising it draws from torch's generator) before it merges: DARE's drops then match its own
         model.add_adapter(new_name, LoraConfig(r=new_rank, alpha=new_rank, dropout=model.peft_config[names[0]].dropout, target_modules=paths, modules_to_save=heads))
-    gen, out = torch.Generator().manual_seed(seed), {}
+    gen, out = torch.Generator().manual_seed(seed), {}   # DARE's drops under our semantics
     try:
         with torch.no_grad():
             for p in paths:
