@@ -6,18 +6,12 @@ from peft_notes.core import PeftModel, get_peft_model, list_methods
 from peft_notes.core.layer import Average
 from peft_notes.interop import to_hf_peft
 from peft_notes.models import tiny_bert, tiny_gpt2, tiny_llama
+from test_compose import _nudge   # each adapter moved off its start
 from peft_notes.methods.multitask.merging import MERGES, PEFT_MERGES, adapter_layers, combine, merge_adapters, merge_task_vectors
 
 M = list_methods()
 IDS = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(0))
 
-def _nudge(pm, names, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n in names:
-            for p in pm.adapter_state_dict(n).values():
-                if p.is_floating_point(): p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return pm.eval()
 
 def _loras(make=tiny_llama, targets=(["q_proj", "v_proj", "down_proj"], ["q_proj", "v_proj"], ["q_proj", "k_proj"]), ranks=(4, 4, 2), alphas=(8, 4, 4)):
     pm = get_peft_model(make(), M["lora"](r=ranks[0], alpha=alphas[0], target_modules=targets[0]), "a")
