@@ -192,3 +192,17 @@ def test_multitask_bench_tiny(tmp_path, root):
     r = run("fusion", "--tasks", tasks, "--sizes", "16", "--steps", "2", "--out", str(tmp_path / "f.json")); assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert [x["kind"] for x in rows] == ["head", "adapter", "fusion"] and len(rows[-1]["attention"]) == 6 and len(rows[-1]["fused"]) == 3
+
+def test_prompt_transfer_bench_tiny(tmp_path, root):
+    "bench/prompt_transfer.py at a tiny size: source prompts saved, MPT's shared prompt distilled from them, every target row (prompt tuning, SPoT per source, ATTEMPT, MPT) and SPoT's similarities written."
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    out, tasks = tmp_path / "p.json", ["dialogue_topic", "shakespeare_speaker"]
+    r = subprocess.run([sys.executable, str(root / "bench" / "prompt_transfer.py"), "--save", str(tmp_path / "ad"), "--out", str(out), "--tasks", ",".join(tasks),
+                        "--source-steps", "2", "--source-size", "16", "--mpt-steps", "2", "--target-size", "16", "--target-steps", "2", "--probe-steps", "1", "--test-size", "32"],
+                       capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [x["task"] for x in res["source_rows"]] == tasks and len(res["mpt_stage_one"]["losses"]) == 2
+    assert [(x["kind"], x["source"]) for x in res["target_rows"]] == [("prompt_tuning", None), *(("spot", t) for t in tasks), ("attempt", None), ("mpt", None)]
+    assert all(0 <= x["accuracy"] <= 1 for x in res["target_rows"]) and set(res["target_rows"][-2]["attention"]) == {*tasks, "target"}
+    assert set(res["similarity"]) == set(tasks) and all(-1 <= v["average"] <= 1 for v in res["similarity"].values())

@@ -48,6 +48,10 @@ class SoftPrompt(InputsAdapter):
         "The (l, d) vectors put before the text (the parameter itself here; variants compute them from it)."
         return self.prompt_embeddings
 
+    def batch_rows(self, inputs:dict, emb:torch.Tensor)->torch.Tensor:
+        "The (B, l, d) prompts of a batch whose text embeddings are `emb` (B, T, d): the same rows for every example here; variants that depend on the task or the input override it, and may pop their own keywords from `inputs`."
+        return self.rows().expand(emb.shape[0], -1, -1)
+
     def prepare(self, model, inputs):
         inputs = dict(inputs)
         if inputs.get("position_ids") is not None:
@@ -57,10 +61,10 @@ class SoftPrompt(InputsAdapter):
         if emb is None:
             if ids is None: raise ValueError("prompt tuning needs input_ids or inputs_embeds")
             emb = model.get_input_embeddings()(ids)
-        P = self.rows()
-        B, l = emb.shape[0], P.shape[0]
+        P = self.batch_rows(inputs, emb)
+        B, l = emb.shape[0], P.shape[1]
         if not getattr(model.config, "is_encoder_decoder", False): check_positions(model, l, emb.shape[1])
-        inputs["inputs_embeds"] = torch.cat([P.to(emb.dtype).expand(B, -1, -1), emb], 1)
+        inputs["inputs_embeds"] = torch.cat([P.to(emb.dtype), emb], 1)
         if (m := inputs.get("attention_mask")) is not None: inputs["attention_mask"] = torch.cat([m.new_ones(B, l), m], 1)
         if (t := inputs.get("token_type_ids")) is not None: inputs["token_type_ids"] = torch.cat([t.new_zeros(B, l), t], 1)
         y = inputs.get("labels")
