@@ -43,6 +43,7 @@ class PeftConfig:
     default_target_modules: ClassVar[dict] = {} # model_type -> default targets of this method
     layer_cls: ClassVar[Optional[type]] = None # the AdapterLayer subclass that wraps a target
     hf_peft_type: ClassVar[Optional[str]] = None # Hugging Face PEFT's `peft_type` for this method, if PEFT has it
+    call_keywords: ClassVar[tuple] = () # keyword inputs of a model call this method reads itself (MOELoRA's `task_ids`): the model takes them out of the call and hands them to `read_call`
     kind: ClassVar[str] = "layer" # how it changes a model (`KINDS`): wraps modules, changes the inputs, owns deltas of base tensors, or combines other methods
     rebuilds_base: ClassVar[bool] = False # does the injection replace base modules themselves (a quantized base)? Then the base is the model as the injection leaves it
 
@@ -92,6 +93,10 @@ def base_params_to_train(self:PeftConfig, model:nn.Module)->list[str]:
 @patch
 def before_step(self:PeftConfig, ctx, step:int, total:int):
     "Training hook called before each forward pass (DyLoRA samples its rank); the default does nothing."
+
+@patch
+def read_call(self:PeftConfig, ctx, values:dict):
+    "Called before each forward with `{keyword: value}` for the `call_keywords` this method declares (None where the call gave none), and after it with every value None; the default does nothing."
 
 @patch
 def extra_loss(self:PeftConfig, ctx)->Optional[torch.Tensor]:

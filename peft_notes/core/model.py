@@ -64,11 +64,11 @@ class PeftModel(nn.Module):
     def active_adapter(self)->str: return self.active_adapters[0]   # the first active adapter: the one most calls mean
 
     def forward(self, *args, adapter_names:list=None, **kwargs):
-        with self._routing(adapter_names, args, kwargs):
+        with self._routing(adapter_names, args, kwargs), self._call_inputs(kwargs) as kwargs:
             args, kwargs = self._prepare_inputs(args, kwargs)   # the inputs chain: soft prompts, prefixes
             return self.base_model(*args, **kwargs)
     def generate(self, *args, adapter_names:list=None, **kwargs):
-        with self._routing(adapter_names, args, kwargs): return self._generate(args, kwargs)
+        with self._routing(adapter_names, args, kwargs), self._call_inputs(kwargs) as kwargs: return self._generate(args, kwargs)
     def get_base_model(self)->nn.Module: return self.base_model
 
     def __getattr__(self, name):
@@ -100,6 +100,21 @@ def _batch_size(args, kwargs)->Optional[int]:
     for v in (*args, *(kwargs.get(k) for k in ("input_ids", "inputs_embeds", "pixel_values", "input_features"))):
         if isinstance(v, torch.Tensor): return v.shape[0]
     return None
+
+@patch
+@contextmanager
+def _call_inputs(self:PeftModel, kwargs:dict):
+    "Inside: the keywords the active methods read themselves (`call_keywords`, MOELoRA's `task_ids`) are out of the call and handed to each method's `read_call`; after, each gets None."
+    takers = [(n, cfg) for n in self.active_adapters if (cfg := self.peft_config.get(n)) is not None and cfg.call_keywords]
+    if not takers: yield kwargs; return
+    kwargs = dict(kwargs)
+    taken = {k: kwargs.pop(k) for c in {k for _, cfg in takers for k in cfg.call_keywords} for k in [c] if k in kwargs}
+    ctxs = [(cfg, AdapterContext(self, n, cfg)) for n, cfg in takers]
+    try:
+        for cfg, ctx in ctxs: cfg.read_call(ctx, {k: taken.get(k) for k in cfg.call_keywords})
+        yield kwargs
+    finally:
+        for cfg, ctx in ctxs: cfg.read_call(ctx, {k: None for k in cfg.call_keywords})
 
 @patch
 @contextmanager
