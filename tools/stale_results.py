@@ -48,6 +48,8 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "sst2_quantized_lr_nf2.json": {"code": ["peft_notes/data.py"]},   # harness rows: each records its config and its method's and the loop's fingerprints
     "sst2_bitdelta.json": {"methods": ["bitdelta", "harness"], "code": ["peft_notes/data.py", "bench/quantized_family.py::bitdelta"]},
     "sst2_dare.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/methods/multitask/merging.py", "bench/merging.py::dare"]},
+    "multitask_sources.json": {"methods": ["lora", "pfeiffer", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/multitask.py::sources"]},
+    "multitask_merging.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/merging.py", "bench/multitask.py::sources", "bench/multitask.py::merging"]},
     "quantized_family_cost_cpu.json": {"methods": ["lora", "qlora", "loftq", "qa_lora", "peqa", "qdylora", "ir_qlora", "lq_lora"],
                                        "code": [f"bench/quantized_family.py::{n}" for n in ("build", "child", "cost")]
                                                + ["bench/qlora_bench.py::build", "bench/qlora_bench.py::stored_bytes", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},
