@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
-from ...core import WEIGHTS_NAME, check_positions, config_value, read_safetensors, register_method, token_embedding
+from ...core import WEIGHTS_NAME, check_positions, read_safetensors, register_method, token_embedding
 from ...core.layer import train_dtype
 from ..additive.prompts import PromptTuningConfig, SoftPrompt, from_hf_prompt, hf_prompt_fields
 
@@ -225,12 +225,9 @@ class MPTConfig(PromptTuningConfig):
 # %% ../../../nbs/62_prompt_transfer.ipynb #e89c404e
 @patch
 def to_hf(self:MPTConfig, ctx, tensors:dict)->tuple[dict, dict]:
-    "PEFT's MultitaskPromptTuningConfig: the same three tensors under the same names (its init is irrelevant once they are there)."
-    d = ctx.inputs.prompt_embeddings.shape[1]
-    return {"peft_type": "MULTITASK_PROMPT_TUNING", **hf_prompt_fields(ctx, self.num_virtual_tokens), "token_dim": d,
-            "num_attention_heads": config_value(ctx.base, "num_attention_heads", "n_head", "num_heads"),
-            "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
-            "prompt_tuning_init_state_dict_path": None, "prompt_tuning_init_task": 0,
+    "PEFT's MultitaskPromptTuningConfig: prompt tuning's fields, the task count and rank, and the same three tensors under the same names (its init is irrelevant once they are there)."
+    d, tensors = PromptTuningConfig.to_hf(self, ctx, tensors)
+    return {**d, "peft_type": "MULTITASK_PROMPT_TUNING", "prompt_tuning_init_state_dict_path": None, "prompt_tuning_init_task": 0,
             "num_ranks": self.num_ranks, "num_tasks": self.num_tasks}, tensors
 
 @patch(cls_method=True)
