@@ -49,6 +49,7 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "sst2_bitdelta.json": {"methods": ["bitdelta", "harness"], "code": ["peft_notes/data.py", "bench/quantized_family.py::bitdelta"]},
     "sst2_dare.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/methods/multitask/merging.py", "bench/merging.py::dare"]},
     "multitask_sources.json": {"methods": ["lora", "pfeiffer", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/multitask.py::sources"]},
+    "multitask_prompts.json": {"methods": ["prompt_tuning", "spot", "attempt", "mpt", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/prompt_transfer.py", "bench/multitask.py::_data", "bench/multitask.py::score"]},
     "multitask_fusion.json": {"methods": ["pfeiffer", "adapter_fusion", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/multitask.py::sources", "bench/multitask.py::fusion"]},
     "multitask_merging.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/merging.py", "bench/multitask.py::sources", "bench/multitask.py::merging"]},
     "multitask_merging_five.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/merging.py", "bench/multitask.py::sources", "bench/multitask.py::merging"]},
