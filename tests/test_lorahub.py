@@ -29,6 +29,9 @@ def test_composition_bad_input():
         assert set(pm.peft_config) == before
     with pytest.raises(ValueError, match="one of the LoRAs composed"): lorahub_compose(pm, ["a", "b"], [1, 1], new_name="a")
     with pytest.raises(ValueError, match="at least one batch"): lorahub_search(pm, ["a", "b"], [])
+    def broken(m, b): raise RuntimeError("the task's loss failed")
+    with pytest.raises(RuntimeError, match="loss failed"): lorahub_search(pm, ["a", "b"], [{"input_ids": IDS}], loss_fn=broken)
+    assert set(pm.peft_config) == before and pm.active_adapters == ["a"]   # a failed search adds nothing and leaves the active adapter
 
 def test_search_random_sampler_and_peft(tmp_path):
     "The random sampler also searches within the box; the best composition is active, and PEFT reads it as a LoRA with the same outputs."

@@ -41,7 +41,7 @@ def test_adamix_route_is_one_pair():
     h = torch.randn(2, 8); m.route = (2, 1)
     assert torch.allclose(m(h), m.ups[1](m.act(m.downs[2](h))))
 
-def test_adamix_save_load_and_merged_in_peft(tmp_path):
+def test_adamix_save_load(tmp_path):
     "AdaMix saved and loaded gives the averaged outputs (the modules and the head)."
     pm = get_peft_model(tiny_bert(), AdaMixConfig(bottleneck=4, modules_to_save=["classifier"]))
     x = default_inputs(pm)
@@ -65,7 +65,7 @@ def test_moelora_task_as_peft_lora(tmp_path):
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_bert], ids=["gpt2", "bert"])
 def test_moelora_mixed_tasks_other_architectures(make):
-    "GPT-2's Conv1D (weights stored transposed) and BERT: a batch of tasks equals each task's rows alone; merging a one-task adapter."
+    "GPT-2's Conv1D (weights stored transposed) and BERT: a batch of tasks equals each task's rows alone (merging a one-task adapter: the shared matrix)."
     base = make(); x = default_inputs(base); n = len(x["input_ids"]); t = torch.arange(n) % 2
     pm = get_peft_model(base, MoELoraConfig(r=4, experts=2, num_tasks=2, task_dim=8))
     with torch.no_grad():

@@ -71,22 +71,23 @@ def lorahub_search(model, # a PeftModel holding the pool
     if trials < 1: raise ValueError(f"trials must be at least 1, got {trials}")
     if sampler not in ("cmaes", "random"): raise ValueError(f"sampler must be 'cmaes' or 'random', got {sampler!r}")
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
-    before = list(model.active_adapters)
+    before, existed = list(model.active_adapters), new_name in model.peft_config
     @torch.no_grad()
     def objective(w:list)->float:
         lorahub_compose(model, names, w, new_name, heads_from)
         model.set_adapter(new_name); model.eval()
         loss = sum(float(loss_fn(model, b)) for b in batches) / len(batches)
         return loss + l1 * sum(abs(x) for x in w) / len(w)
-    start = objective([0.0] * len(names))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     keys = [f"w{i}" for i in range(len(names))]
     smp = optuna.samplers.CmaEsSampler(seed=seed) if sampler == "cmaes" else optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(direction="minimize", sampler=smp)
     try:
+        start = objective([0.0] * len(names))
         study.optimize(lambda t: objective([t.suggest_float(k, -bound, bound) for k in keys]), n_trials=trials)
     except Exception:
-        if new_name in model.peft_config and new_name not in before: model.set_adapter(before); model.delete_adapter(new_name)
+        model.set_adapter(before)
+        if new_name in model.peft_config and not existed: model.delete_adapter(new_name)   # a failed search leaves the model's adapters as they were
         raise
     best = [study.best_params[k] for k in keys]
     if study.best_value > start: best = [0.0] * len(names)   # no trial beat the start
