@@ -5,12 +5,15 @@ largest label set); a task with n classes is scored on the first n logits.
     PEFT_NOTES_DATA=../shared/data python bench/multitask.py sources --save runs/multitask --out results/multitask_sources.json
     PEFT_NOTES_DATA=../shared/data python bench/multitask.py merging --save runs/multitask --out results/multitask_merging.json
     PEFT_NOTES_DATA=../shared/data python bench/multitask.py fusion --save runs/multitask --out results/multitask_fusion.json
+    PEFT_NOTES_DATA=../shared/data python bench/multitask.py lorahub --save runs/multitask --out results/multitask_lorahub.json
 
 `sources`: one LoRA (r = 8, α = 16, query and value) and one Pfeiffer adapter per source task, each with its own head,
 trained alone on `--train-size` rows (4,000) for `--epochs` (3) with the harness's loop, saved under `--save`.
 `merging`: the source LoRAs merged by every `how` of `merge_adapters`, each merged adapter scored on every source
 task with that task's head: the interference matrix. `fusion`: AdapterFusion on a held-out target task at two training
-sizes, against the target's own adapter and its head alone; the fusion's attention per layer on the target's test set."""
+sizes, against the target's own adapter and its head alone; the fusion's attention per layer on the target's test set. `lorahub`: the
+source LoRAs as LoraHub's pool for the held-out target, from 20 of its rows, against zero-shot and a LoRA trained on
+the same rows."""
 import argparse, json, time
 from pathlib import Path
 import torch
@@ -139,9 +142,55 @@ def fusion(save, out, target=TARGET, sizes=(100, 1676), tasks=SOURCES[:-1], lr_f
     if out: Path(out).write_text(json.dumps(r, indent=1))
     return r
 
+def lorahub(save, out, target=TARGET, pool=SOURCES, head="bbc_topic", shots=20, seeds=5, trials=40, tune_steps=30):
+    """LoraHub on a task none of the pool was trained on: `seeds` draws of `shots` training rows; for each, the search
+    (CMA-ES, `trials` trials, the composed LoRA taking `head`'s classifier, since the target shares its labels) against
+    a LoRA trained on the same rows (fresh, and continued from `head`'s LoRA). Zero-shot rows: `head`'s LoRA as it is,
+    and the pool's plain average."""
+    from peft_notes.core import PeftModel, get_peft_model, list_methods
+    from peft_notes.harness import provenance
+    from peft_notes.methods.multitask.lorahub import lorahub_compose, lorahub_search
+    from peft_notes.models import load_minilm
+    from peft_notes.train import fit, make_loader
+    def pool_model():
+        pm = PeftModel.from_pretrained(load_minilm(num_labels=WIDTH, seed=0)[0], Path(save) / "lora" / pool[0], pool[0])
+        for t in pool[1:]: pm.load_adapter(Path(save) / "lora" / t, t)
+        return pm
+    pm = pool_model()
+    own = {}
+    for t in pool:   # the pool as loaded: each LoRA on its own task (multitask_sources.json has the same figures)
+        enc, tok, n = _data(t, None); pm.set_adapter(t); own[t] = score(pm, make_loader(enc["test"], tok, 128), n)
+    enc, tok, n = _data(target, None)
+    test = make_loader(enc["test"], tok, 128)
+    pm.set_adapter(head); zero = {"head's LoRA": score(pm, test, n)}
+    lorahub_compose(pm, pool, [1 / len(pool)] * len(pool), "average", heads_from=head); pm.set_adapter("average")
+    zero["pool average"] = score(pm, test, n); pm.set_adapter(head); pm.delete_adapter("average")
+    print(f"zero-shot {zero}", flush=True)
+    rows = []
+    for s in range(seeds):
+        few = enc["train"].shuffle(seed=s).select(range(shots))
+        batch = next(iter(make_loader(few, tok, shots)))
+        t0 = time.time()
+        res = lorahub_search(pm, pool, [batch], trials=trials, seed=s, new_name="lorahub", heads_from=head)
+        rows.append({"seed": s, "kind": "LoraHub", "accuracy": score(pm, test, n), "weights": res.weights, "objective": res.objective,
+                     "start": res.start, "history": res.history, "seconds": time.time() - t0})
+        pm.set_adapter(head); pm.delete_adapter("lorahub")
+        loader = lambda: make_loader(few, tok, shots, shuffle=True, seed=s)
+        t0 = time.time(); fresh = get_peft_model(load_minilm(num_labels=WIDTH, seed=0)[0], list_methods()["lora"](**METHODS["lora"]))
+        h = fit(fresh, loader(), epochs=tune_steps, lr=LRS["lora"], seed=s, progress=False)
+        rows.append({"seed": s, "kind": "LoRA on the shots", "accuracy": score(fresh, test, n), "losses": h.losses, "seconds": time.time() - t0})
+        t0 = time.time(); cont = PeftModel.from_pretrained(load_minilm(num_labels=WIDTH, seed=0)[0], Path(save) / "lora" / head, head, is_trainable=True)
+        h = fit(cont, loader(), epochs=tune_steps, lr=LRS["lora"], seed=s, progress=False)
+        rows.append({"seed": s, "kind": "head's LoRA tuned on the shots", "accuracy": score(cont, test, n), "losses": h.losses, "seconds": time.time() - t0})
+        print(f"seed {s}: " + " ".join(f"{x['kind']} {x['accuracy']:.4f}" for x in rows[-3:]), flush=True)
+    r = {"target": target, "pool": pool, "head": head, "shots": shots, "trials": trials, "tune_steps": tune_steps,
+         "own": own, "zero_shot": zero, "rows": rows, "provenance": provenance(methods=["lora", "harness"])}
+    if out: Path(out).write_text(json.dumps(r, indent=1))
+    return r
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sources", "merging", "fusion"])
+    ap.add_argument("what", choices=["sources", "merging", "fusion", "lorahub"])
     ap.add_argument("--save", default="runs/multitask"); ap.add_argument("--out", default=None)
     ap.add_argument("--train-size", type=int, default=4000); ap.add_argument("--epochs", type=float, default=3)   # at 2,000 x 2 (125 steps) sst2_negated's LoRA and sst2's Pfeiffer stayed at the majority class
     ap.add_argument("--tasks", default=",".join(SOURCES), help="source tasks (fusion: all but the last, sst2_negated, by default)")
@@ -149,8 +198,14 @@ if __name__ == "__main__":
     ap.add_argument("--methods", default="lora,pfeiffer", help="sources: which adapters to train per task (merging needs lora, fusion pfeiffer)")
     ap.add_argument("--sizes", default="100,1676", help="fusion: the target's training sizes")
     ap.add_argument("--steps", type=int, default=100, help="fusion: about this many training steps at every size")
+    ap.add_argument("--seeds", type=int, default=5, help="lorahub: draws of the few examples")
+    ap.add_argument("--trials", type=int, default=40, help="lorahub: the search's trials")
+    ap.add_argument("--head", default="bbc_topic", help="lorahub: the pool task whose classifier the composed LoRA takes")
+    ap.add_argument("--shots", type=int, default=20, help="lorahub: the target's training rows each search sees")
+    ap.add_argument("--tune-steps", type=int, default=30, help="lorahub: steps of the LoRAs trained on the shots")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
     if a.what == "sources": sources(a.save, a.out, a.train_size, a.epochs, tasks, a.methods.split(","))
     elif a.what == "merging": merging(a.save, a.out, tasks, [m for m in MERGES if m[0] in a.merges.split(",")])
+    elif a.what == "lorahub": lorahub(a.save, a.out, pool=tasks, head=a.head, shots=a.shots, seeds=a.seeds, trials=a.trials, tune_steps=a.tune_steps)
     else: fusion(a.save, a.out, sizes=[int(x) for x in a.sizes.split(",")], tasks=[t for t in tasks if t != "sst2_negated"], steps=a.steps)

@@ -192,6 +192,12 @@ def test_multitask_bench_tiny(tmp_path, root):
     r = run("fusion", "--tasks", tasks, "--sizes", "16", "--steps", "2", "--out", str(tmp_path / "f.json")); assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert [x["kind"] for x in rows] == ["head", "adapter", "fusion"] and len(rows[-1]["attention"]) == 6 and len(rows[-1]["fused"]) == 3
+    r = run("lorahub", "--tasks", tasks, "--head", "dialogue_topic", "--seeds", "1", "--shots", "8", "--trials", "3", "--tune-steps", "2", "--out", str(tmp_path / "h.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "h.json").read_text())
+    assert set(res["own"]) == set(tasks.split(",")) and set(res["zero_shot"]) == {"head's LoRA", "pool average"}
+    assert [x["kind"] for x in res["rows"]] == ["LoraHub", "LoRA on the shots", "head's LoRA tuned on the shots"] and len(res["rows"][0]["weights"]) == 2
+    assert all(-1.5 <= w <= 1.5 for w in res["rows"][0]["weights"]) and len(res["rows"][0]["history"]) == 3
 
 def test_prompt_transfer_bench_tiny(tmp_path, root):
     "bench/prompt_transfer.py at a tiny size: source prompts saved, MPT's shared prompt distilled from them, every target row (prompt tuning, SPoT per source, ATTEMPT, MPT) and SPoT's similarities written."
@@ -206,3 +212,17 @@ def test_prompt_transfer_bench_tiny(tmp_path, root):
     assert [(x["kind"], x["source"]) for x in res["target_rows"]] == [("prompt_tuning", None), *(("spot", t) for t in tasks), ("attempt", None), ("mpt", None)]
     assert all(0 <= x["accuracy"] <= 1 for x in res["target_rows"]) and set(res["target_rows"][-2]["attention"]) == {*tasks, "target"}
     assert set(res["similarity"]) == set(tasks) and all(-1 <= v["average"] <= 1 for v in res["similarity"].values())
+
+def test_mixtures_bench_tiny(tmp_path, root):
+    "bench/mixtures.py at a tiny size: AdaMix against Houlsby (averaged, merged, single-module and random-route scores) and MOELoRA against per-task and shared LoRAs, each task scored."
+    if not os.environ.get("PEFT_NOTES_DATA"): pytest.skip("PEFT_NOTES_DATA is not set on this machine (SST-2)")
+    run = lambda *a: subprocess.run([sys.executable, str(root / "bench" / "mixtures.py"), *a], capture_output=True, text=True, timeout=900, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    r = run("adamix", "--task", "dialogue_topic", "--train-size", "16", "--epochs", "0.5", "--out", str(tmp_path / "a.json")); assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert [x["kind"] for x in rows] == ["houlsby", "adamix λ=1", "adamix λ=0"] and all(len(x["single_module_accuracy"]) == 4 for x in rows[1:])
+    assert all(x["merged_accuracy"] == x["accuracy"] for x in rows[1:]) and rows[1]["stored_merged"] == rows[0]["stored"]
+    tasks = ["dialogue_topic", "shakespeare_speaker"]
+    r = run("moelora", "--tasks", ",".join(tasks), "--train-size", "16", "--epochs", "0.5", "--out", str(tmp_path / "m.json")); assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert [(x["kind"], x["task"]) for x in res["rows"]] == [(k, t) for k in ("one LoRA per task", "one shared LoRA", "MOELoRA") for t in tasks]
+    assert all(0 <= x["accuracy"] <= 1 for x in res["rows"]) and all(len(g) == 2 and len(g[0]) == 4 for g in res["gates"].values())
