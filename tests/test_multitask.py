@@ -103,3 +103,21 @@ def test_an_injection_that_fails_removes_the_members_it_created():
     with pytest.raises(ValueError, match="holds"):
         pm.add_adapter("f", AdapterFusionConfig(adapters=["x", "new"], member={"method": "lora", "r": 2, "target_modules": ["k_proj"]}))
     assert sorted(pm.peft_config) == ["x"] and not any("new" in n for n, _ in pm.named_parameters())
+
+def test_mt_a_trains_the_base_with_each_tasks_adapter_on_llama():
+    "MT-A on LLaMA (a causal LM: labels are the inputs): the base and each task's adapter move, each only by its own task's steps; after it the base is frozen and the active adapter restored; a bad task map changes nothing."
+    from peft_notes.methods.multitask.fusion import train_mt_adapters
+    torch.manual_seed(0)
+    pm = get_peft_model(tiny_llama(), M["pfeiffer"](bottleneck=8), "a"); pm.add_adapter("b", M["pfeiffer"](bottleneck=8)); pm.add_adapter("idle", M["pfeiffer"](bottleneck=8))
+    before = {n: {k: v.clone() for k, v in pm.adapter_state_dict(n).items()} for n in ("a", "b", "idle")}
+    emb = pm.base_model.model.embed_tokens.weight.clone()
+    batches = lambda seed: [{"input_ids": x, "labels": x} for x in torch.randint(3, 99, (4, 2, 8), generator=torch.Generator().manual_seed(seed))]
+    with pytest.raises(ValueError, match="no adapter 'zz'"): train_mt_adapters(pm, {"a": batches(0), "zz": batches(1)}, steps=3)
+    assert torch.equal(pm.base_model.model.embed_tokens.weight, emb) and pm.active_adapters == ["a"]
+    hist = train_mt_adapters(pm, {"a": batches(0), "b": batches(1)}, steps=40, lr=1e-3, adapter_lr=1e-2)
+    assert {t for t, _ in hist} == {"a", "b"} and not torch.equal(pm.base_model.model.embed_tokens.weight, emb)
+    for t in ("a", "b"):
+        losses = [l for s, l in hist if s == t]; assert sum(losses[-5:]) < sum(losses[:5])
+        assert any(not torch.equal(v, before[t][k]) for k, v in pm.adapter_state_dict(t).items())
+    assert all(torch.equal(v, before["idle"][k]) for k, v in pm.adapter_state_dict("idle").items())
+    assert pm.active_adapters == ["a"] and not pm.base_model.model.embed_tokens.weight.requires_grad
