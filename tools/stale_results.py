@@ -53,6 +53,8 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "multitask_fusion.json": {"methods": ["pfeiffer", "adapter_fusion", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/multitask.py::sources", "bench/multitask.py::fusion"]},
     "multitask_merging.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/merging.py", "bench/multitask.py::sources", "bench/multitask.py::merging"]},
     "multitask_merging_five.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/merging.py", "bench/multitask.py::sources", "bench/multitask.py::merging"]},
+    "multitask_lorahub.json": {"methods": ["lora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "peft_notes/methods/multitask/lorahub.py", "bench/multitask.py::sources",
+                                                                  "bench/multitask.py::lorahub", "bench/multitask.py::_data", "bench/multitask.py::score"]},
     "quantized_family_cost_cpu.json": {"methods": ["lora", "qlora", "loftq", "qa_lora", "peqa", "qdylora", "ir_qlora", "lq_lora"],
                                        "code": [f"bench/quantized_family.py::{n}" for n in ("build", "child", "cost")]
                                                + ["bench/qlora_bench.py::build", "bench/qlora_bench.py::stored_bytes", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},
