@@ -63,6 +63,9 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
                                                                  "peft_notes/methods/multitask/mixtures.py::adamix_merge", "peft_notes/methods/multitask/mixtures.py::MixtureBottleneck",
                                                                  "bench/mixtures.py::_schedule", "bench/mixtures.py::_loop", "bench/mixtures.py::_routed", "bench/mixtures.py::adamix",
                                                                  "bench/multitask.py::_data", "bench/multitask.py::score"]},   # its own loop, not the harness's
+    "multitask_moelora.json": {"methods": ["lora", "moelora", "harness"], "code": ["peft_notes/data.py", "peft_notes/tasks.py", "bench/mixtures.py::_schedule", "bench/mixtures.py::_loop",
+                                                                             "bench/mixtures.py::_mixed", "bench/mixtures.py::_slice_loss", "bench/mixtures.py::moelora",
+                                                                             "bench/multitask.py::sources", "bench/multitask.py::_data", "bench/multitask.py::score"]},
     "quantized_family_cost_cpu.json": {"methods": ["lora", "qlora", "loftq", "qa_lora", "peqa", "qdylora", "ir_qlora", "lq_lora"],
                                        "code": [f"bench/quantized_family.py::{n}" for n in ("build", "child", "cost")]
                                                + ["bench/qlora_bench.py::build", "bench/qlora_bench.py::stored_bytes", "bench/lora_bench.py::_batch", "bench/lora_bench.py::tensor_bytes"]},
