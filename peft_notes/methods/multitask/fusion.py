@@ -120,7 +120,8 @@ def train_mt_adapters(model, # a PeftModel holding one trainable adapter per tas
     adapter_ids = {id(t) for n in model.peft_config for t in model.adapter_state_dict(n).values()} | {id(p) for n in model.peft_config for p in model.trained_unsaved(n)}
     base = [p for p in model.base_model.parameters() if id(p) not in adapter_ids and p.is_floating_point()]
     own = {n: [t for t in model.adapter_state_dict(n).values() if isinstance(t, nn.Parameter)] + model.trained_unsaved(n) for n in names}
-    opt = torch.optim.AdamW([{"params": base, "lr": lr}, {"params": [p for n in names for p in own[n]], "lr": adapter_lr}], weight_decay=0.0)
+    trained = list({id(p): p for n in names for p in own[n]}.values())   # each tensor once, even if two adapters hold the same one
+    opt = torch.optim.AdamW([{"params": base, "lr": lr}, {"params": trained, "lr": adapter_lr}], weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     probs = torch.tensor([len(loaders[n]) ** (1 / temperature) for n in names], dtype=torch.float64)
     iters, out = {n: iter(loaders[n]) for n in names}, []
