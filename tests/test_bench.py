@@ -120,6 +120,18 @@ def test_char_llama_retrains_at_a_tiny_size(tmp_path, root):
     big, _, _ = load_char_llama(root / "nbs" / "assets" / "char_llama")
     assert {k: v.shape for k, v in lm.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}   # the stored model's architecture
 
+def test_digit_vit_retrains_at_a_tiny_size(tmp_path, root):
+    "The vision chapters load the stored ViT; this runs the script that made it (bench/digit_vit.py) for a tenth of an epoch, and the result loads with the stored model's architecture."
+    r = subprocess.run([sys.executable, str(root / "bench" / "digit_vit.py"), "--epochs", "0.1", "--out", str(tmp_path / "vit")],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from peft_notes.vision import load_digit_vit
+    vit, info = load_digit_vit(tmp_path / "vit")
+    assert info["steps"] == 4 and info["digits"] == [0, 1, 2, 3, 4] and 0 <= info["test_accuracy"] <= 1
+    assert info["provenance"]["command"][:3] == ["digit_vit.py", "--epochs", "0.1"]
+    big, _ = load_digit_vit(root / "nbs" / "assets" / "digit_vit")
+    assert {k: v.shape for k, v in vit.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}
+
 def test_qlora_bench_tiny(tmp_path, root):
     "bench/qlora_bench.py at a tiny size: three rows (ours over fp32 and over NF4, PEFT over bitsandbytes), memory counted from the tensors, steps interleaved."
     pytest.importorskip("bitsandbytes")

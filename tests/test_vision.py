@@ -1,0 +1,79 @@
+"""The vision chapters' methods and bases: the shared matrix on two ViTs, bf16 bases, the stored ViT's record, bad input."""
+import json
+import pytest, torch
+import transformers as T
+from peft_notes.core import get_peft_model, list_methods
+from peft_notes.models import tiny_bert, tiny_llama, tiny_vit
+from peft_notes.testing import check_method
+
+VISION = ["vpt", "vpt_deep", "adaptformer", "convpass"]
+CHANGES_OUTPUT_AT_INIT = {"vpt", "vpt_deep"}   # the [CLS] token attends to the prompts from the first step
+LR = {"vpt": 5e-2, "vpt_deep": 5e-2}
+
+def test_vision_methods_are_all_here():
+    "Every registered vision method runs this file's matrix."
+    from peft_notes.core import list_methods
+    assert {n for n, c in list_methods().items() if c.__module__.startswith("peft_notes.methods.vision.")} == set(VISION)
+
+def second_vit():
+    "Another ViT geometry: 8×8 patches of 24×24 one-channel images, 3 layers of width 24."
+    torch.manual_seed(0)
+    return T.ViTForImageClassification(T.ViTConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+                                                   image_size=24, patch_size=8, num_channels=1, num_labels=4)).eval()
+
+def _pixels(c, s): return lambda m: {"pixel_values": torch.randn(3, c, s, s, generator=torch.Generator().manual_seed(1))}
+ARCHS = {"vit": (tiny_vit, _pixels(3, 16)), "second_vit": (second_vit, _pixels(1, 24))}
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", VISION)
+def test_check_method_on_vits(method, arch):
+    make, inputs = ARCHS[arch]
+    r = check_method(list_methods()[method], make, inputs, identity_at_init=method not in CHANGES_OUTPUT_AT_INIT, lr=LR.get(method, 1e-2))
+    assert r["loss_after"] < r["loss_before"]
+    if method in CHANGES_OUTPUT_AT_INIT: assert r["init_max_diff"] > 0
+    if not list_methods()[method]().can_merge(make()): assert r["merge"].startswith("refused")
+
+@pytest.mark.parametrize("method", VISION)
+@pytest.mark.parametrize("text_model", [tiny_bert, tiny_llama])
+def test_vision_method_on_a_text_model(method, text_model):
+    "A clear error naming the problem, and the model as it was."
+    m = text_model(); before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="needs a vision transformer"): get_peft_model(m, list_methods()[method]())
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items()) and all(p.requires_grad for p in m.parameters())
+    assert type(m.bert if hasattr(m, "bert") else m.model).__name__ in ("BertModel", "LlamaModel")
+
+@pytest.mark.parametrize("method", VISION)
+def test_wrong_images_are_refused_and_change_nothing(method):
+    pm = get_peft_model(tiny_vit(), list_methods()[method]())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad(): y = pm(pixel_values=x).logits
+    with pytest.raises(ValueError, match=r"Input image size \(20\*20\) doesn't match model \(16\*16\)"): pm(pixel_values=torch.randn(2, 3, 20, 20))
+    with pytest.raises(ValueError, match="channel dimension"): pm(pixel_values=torch.randn(2, 1, 16, 16))
+    with torch.no_grad(): assert torch.equal(pm(pixel_values=x).logits, y)
+
+@pytest.mark.parametrize("method", VISION)
+def test_bf16_base(method):
+    "fp32 trainable tensors over a bf16 ViT; the output comes back in bf16."
+    pm = get_peft_model(tiny_vit().to(torch.bfloat16), list_methods()[method]())
+    trainable = [p for p in pm.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    y = pm(pixel_values=torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)).logits
+    assert y.dtype == torch.bfloat16 and y.isfinite().all()
+    y.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+def test_stored_vit_scores_its_record(root):
+    "The stored base loads and scores, on the held-out digits 0-4, exactly what its record says; its provenance names the script and a commit."
+    from peft_notes.train import evaluate
+    from peft_notes.vision import image_loader, load_digit_vit, mnist_images, split_classes
+    vit, info = load_digit_vit(root / "nbs" / "assets" / "digit_vit")
+    task = split_classes(*mnist_images(), info["digits"])
+    assert evaluate(vit, image_loader(*task["test"], batch_size=250)) == info["test_accuracy"] > 0.95
+    assert info["provenance"]["command"][0] == "digit_vit.py" and len(info["provenance"]["commit"]) == 40
+    fresh, _ = load_digit_vit(root / "nbs" / "assets" / "digit_vit", num_labels=7)
+    assert fresh.classifier.out_features == 7 and fresh.config.num_labels == 7
+    assert torch.equal(fresh.vit.embeddings.cls_token, vit.vit.embeddings.cls_token)
+
+def test_missing_stored_vit_is_a_clear_error(tmp_path):
+    from peft_notes.vision import load_digit_vit
+    with pytest.raises(FileNotFoundError, match="no stored ViT"): load_digit_vit(tmp_path)
