@@ -2,7 +2,11 @@
 1. every displayed cell that printed or displayed something when it ran carries that output in the stored notebook
    (or the rendered page shows prose about a table or figure that is not there);
 2. that stored output is what the cell produces now: its text (printed lines, a result's text and HTML forms) equals the
-   fresh text, numbers within one unit of their last printed digit. Cells whose output legitimately changes from run to
+   fresh text, numbers within one unit of their last printed digit or 0.1% of their size, whichever is larger (a float
+   printed to all its digits carries the last bits of sums that differ between CPUs: AVX-512 and AVX2 kernels add in
+   another order, and the suite must pass on either). A cell whose numbers come out of training carries those differences
+   into the third digit (an accuracy moves by an example or two): `#| approx 0.02` compares its numbers within that
+   absolute tolerance. Cells whose output legitimately changes from run to
    run (timings, progress bars, memory read from the OS) carry the `#| varies` directive and are not compared; pictures
    are not compared (their bytes change with matplotlib's version; the numbers they plot come from cells that are).
 
@@ -33,6 +37,13 @@ def shown(cell)->bool:
     return not (NOT_SHOWN & d.keys()) and d.get("output:", [""])[0].lower() != "false"
 
 def varies(cell)->bool: return "varies" in (getattr(cell, "directives_", {}) or {})
+
+def approx(cell)->float:
+    "The absolute tolerance a `#| approx TOL` directive gives the cell's numbers (0: none)."
+    d = (getattr(cell, "directives_", {}) or {}).get("approx")
+    if d is None: return 0.0
+    try: return float(d[0])
+    except (IndexError, ValueError): raise ValueError(f"`#| approx` needs a tolerance, e.g. `#| approx 0.02`; got {d!r}") from None
 
 def visible(outputs)->list:
     "Outputs a reader would see (a result, a display, printed text; not warnings on stderr)."
@@ -69,8 +80,10 @@ def _num(tok:str)->tuple:
     decimals = len(mant.split(".")[1]) if "." in mant else 0
     return float(t), 10.0 ** (exp - decimals)
 
-def same_text(a:str, b:str)->bool:
-    "Equal text, numbers equal within one unit of the last digit either of them prints (two numbers both under 1e-6 count as equal)."
+REL_TOL = 1e-3   # the relative difference between CPUs that a printed float may show (measured: up to 2.3e-4 between two x86 machines)
+
+def same_text(a:str, b:str, abs_tol:float=0.0)->bool:
+    "Equal text, numbers equal within one unit of the last digit either of them prints, 0.1% of the larger, or `abs_tol` (two numbers both under 1e-6 count as equal)."
     ta, tb = _tokens(a.rstrip()), _tokens(b.rstrip())
     if len(ta) != len(tb): return False
     for i, (x, y) in enumerate(zip(ta, tb)):
@@ -80,13 +93,13 @@ def same_text(a:str, b:str)->bool:
         try: (vx, ux), (vy, uy) = _num(x), _num(y)
         except ValueError: return x == y
         if max(abs(vx), abs(vy)) < 1e-6: continue   # both at float precision's noise (an error of 1e-7 or 1e-9 is 'equal' either way)
-        if abs(vx - vy) > max(ux, uy) * 1.0001: return False
+        if abs(vx - vy) > max(max(ux, uy) * 1.0001, REL_TOL * max(abs(vx), abs(vy)), abs_tol): return False
     return True
 
-def first_difference(a:str, b:str)->str:
+def first_difference(a:str, b:str, abs_tol:float=0.0)->str:
     "The first differing line of two texts, for the report."
     for la, lb in zip(a.splitlines() + [""] * 1000, b.splitlines()):
-        if not same_text(la, lb): return f"stored {la.strip()[:110]!r} vs now {lb.strip()[:110]!r}"
+        if not same_text(la, lb, abs_tol): return f"stored {la.strip()[:110]!r} vs now {lb.strip()[:110]!r}"
     return "(lengths differ)"
 
 def stale_outputs(nb, stored:list)->list[tuple]:
@@ -94,9 +107,9 @@ def stale_outputs(nb, stored:list)->list[tuple]:
     bad = []
     for i, c in enumerate(nb.cells):
         if skipped(c) or not shown(c) or varies(c) or not stored[i]: continue
-        old, new = texts(stored[i]), texts(c.get("outputs", []))
-        if len(old) != len(new) or not all(same_text(x, y) for x, y in zip(old, new)):
-            diff = next((first_difference(x, y) for x, y in zip(old, new) if not same_text(x, y)), f"{len(old)} text output(s) stored, {len(new)} now")
+        old, new, tol = texts(stored[i]), texts(c.get("outputs", [])), approx(c)
+        if len(old) != len(new) or not all(same_text(x, y, tol) for x, y in zip(old, new)):
+            diff = next((first_difference(x, y, tol) for x, y in zip(old, new) if not same_text(x, y, tol)), f"{len(old)} text output(s) stored, {len(new)} now")
             bad.append((i, c.source.strip().splitlines()[-1][:60], diff))
     return bad
 

@@ -77,12 +77,26 @@ def test_displayed_cell_without_stored_output_is_caught(tmp_path):
     assert nb([cell("x = 1", []), cell("#| hide\nx + 1", [])]).returncode == 0     # a hidden check is not on the page
     assert nb([cell("x = 1", []), cell("x + 1;", [])]).returncode == 0             # nothing to show
     assert nb([cell("1/0", [])]).returncode == 1                                     # a failing cell is a failure, not a blank
+    near = [{"output_type": "execute_result", "data": {"text/plain": "0.500"}, "metadata": {}, "execution_count": None}]
+    assert nb([cell("0.52", near)]).returncode == 3                                  # a stored number that is not what the cell gives
+    assert nb([cell("#| approx 0.05\n0.52", near)]).returncode == 0                 # ...within a trained result's stated tolerance
+    assert nb([cell("#| approx 0.01\n0.52", near)]).returncode == 3
     slow = [cell("#| slow\n1/0", [])]
     assert nb(slow).returncode == 0                                                  # make test skips slow cells...
     import os
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "_run_nb.py"), str(tmp_path / "t.ipynb"), str(ROOT)], capture_output=True, text=True,
                        timeout=300, env={**os.environ, "PEFT_NOTES_SLOW": "1"})
     assert r.returncode == 1                                                         # ...make slow runs them
+
+def test_stored_numbers_compare_within_what_cpus_differ_by():
+    "A stored float equals a fresh one within a unit of its last printed digit or 0.1% (CPUs sum in different orders); a real change is caught."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_run_nb", ROOT / "tests" / "_run_nb.py"); run = importlib.util.module_from_spec(spec); spec.loader.exec_module(run)
+    assert run.same_text("loss 4.481320", "loss 4.481258") and run.same_text("<td>1.7590</td>", "<td>1.7586</td>")   # seen between two machines
+    assert run.same_text("0.794", "0.795") and not run.same_text("0.794", "0.792")                                   # three decimals: one unit
+    assert not run.same_text("0.44", "0.38") and not run.same_text("loss 4.4813", "loss 4.4913")
+    assert not run.same_text("'full': 'cdacbb81a97e'", "'full': '315624e82144'")                                   # text is compared as text
+    assert run.same_text("0.736", "0.744", abs_tol=0.02) and not run.same_text("0.736", "0.764", abs_tol=0.02)      # `#| approx 0.02`: a trained result
 
 def test_sidebar_lists_every_chapter_once():
     "The reading order is written by hand (custom_sidebar): every notebook is in it, once, and nothing else is."
