@@ -168,7 +168,7 @@ FINGERPRINT_CONFIG = {   # what a method needs to do something on a 2-layer mode
     "autopeft": {"serial_size": 4, "parallel_size": 4, "prefix_length": 3, "layers_to_transform": [1]},
     "s4": {"strategies": ["AL", "AP", "AP", "PL"]},
     "qa_lora": {"quantization": {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value"]}}}   # INT4 groups must divide the 37-wide MLP's inputs: only the adapted layers
-FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5"}   # the methods that need another architecture than BERT
+FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5", **{m: "vit" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact")}}   # the methods that need another architecture than BERT
 
 def _harness_numbers()->list:
     "The shared loop (`peft_notes.train.fit`) on a tiny BERT with LoRA: its losses and the trained tensors' norms."
@@ -186,7 +186,7 @@ def _harness_numbers()->list:
     return [*h.losses, *(p.norm().item() for _, p in sorted((n, p) for n, p in pm.named_parameters() if p.requires_grad))]
 
 def fingerprint(method:str, # a registered method, "full" / "head" (the harness's baselines), or "harness" (the training loop itself)
-                arch:str=None, # "bert" (sequence classification), "llama" (causal LM) or "t5"; default: BERT unless the method needs another
+                arch:str=None, # "bert" (sequence classification), "llama" (causal LM), "t5" or "vit" (image classification); default: BERT unless the method needs another
                )->str:
     "A short hash of one fixed tiny training step of `method`: equal while the method computes what it computed."
     import hashlib, torch, transformers as T
@@ -199,9 +199,12 @@ def fingerprint(method:str, # a registered method, "full" / "head" (the harness'
     model = {"bert": lambda: T.BertForSequenceClassification(T.BertConfig(**small, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
              "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**small)),
              "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=99,
-                                                                   dropout_rate=0.0, decoder_start_token_id=0))}[arch]()
+                                                                   dropout_rate=0.0, decoder_start_token_id=0)),
+             "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**{**small, "intermediate_size": 64}, image_size=16, patch_size=4,   # an MLP of whole 32-wide blocks (FacT)
+                                                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))}[arch]()
     ids = torch.randint(3, 99, (2, 10), generator=torch.Generator().manual_seed(1)); ids[:, 0], ids[:, -1] = 1, 2
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1]) if arch == "bert" else ids}
+    if arch == "vit": batch = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1])}
+    else: batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1]) if arch == "bert" else ids}
     if method in ("full", "head"):
         for n, p in model.named_parameters(): p.requires_grad_(method == "full" or n.startswith(("classifier", "lm_head")))
         pm = model

@@ -6,7 +6,7 @@ from peft_notes.core import get_peft_model, list_methods
 from peft_notes.models import tiny_bert, tiny_llama, tiny_vit
 from peft_notes.testing import check_method
 
-VISION = ["vpt", "vpt_deep", "adaptformer", "convpass"]
+VISION = ["vpt", "vpt_deep", "adaptformer", "convpass", "fact"]
 CHANGES_OUTPUT_AT_INIT = {"vpt", "vpt_deep"}   # the [CLS] token attends to the prompts from the first step
 LR = {"vpt": 5e-2, "vpt_deep": 5e-2}
 
@@ -22,7 +22,10 @@ def second_vit():
                                                    image_size=24, patch_size=8, num_channels=1, num_labels=4)).eval()
 
 def _pixels(c, s): return lambda m: {"pixel_values": torch.randn(3, c, s, s, generator=torch.Generator().manual_seed(1))}
-ARCHS = {"vit": (tiny_vit, _pixels(3, 16)), "second_vit": (second_vit, _pixels(1, 24))}
+def vit():
+    "The tiny test ViT with an MLP of two 32-wide blocks (FacT cuts weights into d×d blocks; the default 37-wide MLP is refused by name)."
+    return tiny_vit(intermediate_size=64)
+ARCHS = {"vit": (vit, _pixels(3, 16)), "second_vit": (second_vit, _pixels(1, 24))}
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", VISION)
@@ -44,7 +47,7 @@ def test_vision_method_on_a_text_model(method, text_model):
 
 @pytest.mark.parametrize("method", VISION)
 def test_wrong_images_are_refused_and_change_nothing(method):
-    pm = get_peft_model(tiny_vit(), list_methods()[method]())
+    pm = get_peft_model(vit(), list_methods()[method]())
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad(): y = pm(pixel_values=x).logits
     with pytest.raises(ValueError, match=r"Input image size \(20\*20\) doesn't match model \(16\*16\)"): pm(pixel_values=torch.randn(2, 3, 20, 20))
@@ -54,7 +57,7 @@ def test_wrong_images_are_refused_and_change_nothing(method):
 @pytest.mark.parametrize("method", VISION)
 def test_bf16_base(method):
     "fp32 trainable tensors over a bf16 ViT; the output comes back in bf16."
-    pm = get_peft_model(tiny_vit().to(torch.bfloat16), list_methods()[method]())
+    pm = get_peft_model(vit().to(torch.bfloat16), list_methods()[method]())
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     y = pm(pixel_values=torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)).logits
@@ -77,3 +80,9 @@ def test_stored_vit_scores_its_record(root):
 def test_missing_stored_vit_is_a_clear_error(tmp_path):
     from peft_notes.vision import load_digit_vit
     with pytest.raises(FileNotFoundError, match="no stored ViT"): load_digit_vit(tmp_path)
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fact_tucker_on_vits(arch):
+    make, inputs = ARCHS[arch]
+    r = check_method(lambda: list_methods()["fact"](fact_format="tk"), make, inputs)   # FacT's second format
+    assert r["init_max_diff"] == 0 and r["merge_max_diff"] <= 1e-5 and r["loss_after"] < r["loss_before"]
