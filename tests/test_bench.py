@@ -146,6 +146,17 @@ def test_vision_table_tiny(tmp_path, root):
     assert rows["vpt", "5-9, 1 shot"]["trained"] == 10 * 64 + 325 and all(0 <= x["accuracy"] <= 1 and x["bytes"] > 0 for x in rows.values())
     assert {"vpt", "fact", "head", "harness"} <= set(res["provenance"]["fingerprints"])
 
+def test_digit_clip_retrains_at_a_tiny_size(tmp_path, root):
+    "The vision-language chapters load the stored two towers; this runs the script that made them (bench/digit_clip.py) for a tenth of an epoch, and the result loads."
+    r = subprocess.run([sys.executable, str(root / "bench" / "digit_clip.py"), "--epochs", "0.1", "--out", str(tmp_path / "clip")],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from peft_notes.multimodal import load_digit_clip
+    clip, tok, info = load_digit_clip(tmp_path / "clip")
+    assert info["steps"] == 4 and set(info["zero_shot"]) == {"0-4", "5-9", "8x8 digits"} and info["provenance"]["command"][:3] == ["digit_clip.py", "--epochs", "0.1"]
+    big, _, _ = load_digit_clip(root / "nbs" / "assets" / "digit_clip")
+    assert {k: v.shape for k, v in clip.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}
+
 def test_qlora_bench_tiny(tmp_path, root):
     "bench/qlora_bench.py at a tiny size: three rows (ours over fp32 and over NF4, PEFT over bitsandbytes), memory counted from the tensors, steps interleaved."
     pytest.importorskip("bitsandbytes")

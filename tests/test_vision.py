@@ -86,3 +86,58 @@ def test_fact_tucker_on_vits(arch):
     make, inputs = ARCHS[arch]
     r = check_method(lambda: list_methods()["fact"](fact_format="tk"), make, inputs)   # FacT's second format
     assert r["init_max_diff"] == 0 and r["merge_max_diff"] <= 1e-5 and r["loss_after"] < r["loss_before"]
+
+def _stored_vit(root, k=5): 
+    from peft_notes.vision import load_digit_vit
+    return load_digit_vit(root / "nbs" / "assets" / "digit_vit", num_labels=k, seed=0)[0]
+
+def _few_steps(model, x, y, steps=5, lr=1e-2):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y); opt.zero_grad(); loss.backward(); opt.step()
+    return model.eval()
+
+@pytest.mark.parametrize("direction", ["ours_loads_in_peft", "peft_loads_here"])
+def test_lora_on_the_stored_vit_with_peft(direction, tmp_path, root):
+    "LoRA on the stored ViT's query and value projections, with a new head, as PEFT's image-classification guide sets it up: the same logits both ways."
+    peft = pytest.importorskip("peft")   # the dev extra: `make test` installs it
+    from peft_notes.interop import from_hf_peft, to_hf_peft
+    from peft_notes.vision import mnist_images, split_classes
+    x, y = (t[:12] for t in split_classes(*mnist_images(), range(5, 10))["train"])
+    if direction == "ours_loads_in_peft":
+        ours = _few_steps(get_peft_model(_stored_vit(root), list_methods()["lora"](r=8, alpha=16, modules_to_save=["classifier"])), x, y)   # our default targets
+        assert {n.rsplit(".", 1)[-1] for n, _ in ours.adapter_context().layers()} >= {"q_proj", "v_proj"}
+        to_hf_peft(ours, tmp_path)
+        theirs = peft.PeftModel.from_pretrained(_stored_vit(root), tmp_path).eval()
+    else:
+        theirs = _few_steps(peft.get_peft_model(_stored_vit(root), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                                                  modules_to_save=["classifier"])), x, y)
+        theirs.save_pretrained(tmp_path)
+        ours = from_hf_peft(_stored_vit(root), tmp_path)
+    with torch.no_grad():
+        a, b = ours(pixel_values=x).logits, theirs(pixel_values=x).logits
+        assert not torch.allclose(a, _stored_vit(root)(pixel_values=x).logits)   # trained: the adapter and the head do something
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+def test_stored_two_towers_score_their_record(root):
+    "The stored DigitCLIP loads (its text tower the shipped MiniLM, frozen) and scores, zero-shot, what its record says; a missing folder or no classes is a clear error."
+    from peft_notes.multimodal import DIGIT_NAMES, load_digit_clip
+    from peft_notes.train import evaluate
+    from peft_notes.vision import image_loader, mnist_images, split_classes
+    clip, tok, info = load_digit_clip(root / "nbs" / "assets" / "digit_clip")
+    with pytest.raises(ValueError, match="call set_classes"): clip(pixel_values=torch.zeros(1, 1, 28, 28))
+    task = split_classes(*mnist_images(), range(5))
+    clip.set_classes(DIGIT_NAMES[:5], tok)
+    assert evaluate(clip, image_loader(*task["test"], batch_size=250)) == info["zero_shot"]["0-4"] > 0.95
+    assert not any(p.requires_grad for p in clip.text_model.parameters()) and info["provenance"]["command"][0] == "digit_clip.py"
+    with pytest.raises(FileNotFoundError, match="no stored DigitCLIP"): load_digit_clip(root / "nbs")
+
+def test_contrastive_loss_is_clips_with_distinct_classes():
+    from peft_notes.multimodal import contrastive_loss
+    z = torch.randn(5, 5)
+    ce = (torch.nn.functional.cross_entropy(z, torch.arange(5)) + torch.nn.functional.cross_entropy(z.T, torch.arange(5))) / 2
+    torch.testing.assert_close(contrastive_loss(z, torch.arange(5)), ce)
+    same, together, apart = torch.tensor([0, 0, 1]), torch.tensor([[5., 5, -5], [5, 5, -5], [-5, -5, 5]]), torch.eye(3) * 10 - 5
+    assert contrastive_loss(together, same) < contrastive_loss(apart, same)                          # two images of one class are not pushed apart...
+    assert contrastive_loss(apart, torch.arange(3)) < contrastive_loss(together, torch.arange(3))    # ...as CLIP's own loss would, with every pair its own class

@@ -27,12 +27,14 @@ def vpt_params(p:int, # prompt tokens per layer
 # %% ../../../nbs/71_vpt.ipynb #67f6af9f
 def vit_layout(model:nn.Module, what:str="VPT")->tuple:
     "(paths of the encoder's layers in order, leading special tokens) of a ViT-style model; a clear error for a model that is not one."
-    emb = next((m for _, m in candidate_modules(model) if hasattr(m, "patch_embeddings") and isinstance(getattr(m, "cls_token", None), nn.Parameter)), None)
-    if emb is None:
+    found = next(((p, m) for p, m in candidate_modules(model) if hasattr(m, "patch_embeddings") and isinstance(getattr(m, "cls_token", None), nn.Parameter)), None)
+    if found is None:
         raise ValueError(f"{what} needs a vision transformer: a model whose embeddings hold a [CLS] token and patch embeddings "
                          f"(ViT, DeiT); {type(model).__name__} has none")
+    path, emb = found
+    stem = path.rpartition(".")[0]                                   # the ViT itself (`vit` in a classifier): its layers, not another tower's
     n = config_value(model, "num_hidden_layers")
-    layers = [p for p, _ in candidate_modules(model) if re.fullmatch(r"(?:.*\.)?(?:layers|layer)\.\d+", p)]
+    layers = [p for p, _ in candidate_modules(model) if re.fullmatch(rf"{re.escape(stem + '.') if stem else ''}(?:encoder\.)?(?:layers|layer)\.\d+", p)]
     if n is None or len(layers) != n:
         raise ValueError(f"{what}: found {len(layers)} encoder layers ({layers[:3]}...), the config says {n}")
     lead = 1 + isinstance(getattr(emb, "distillation_token", None), nn.Parameter)
