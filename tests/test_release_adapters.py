@@ -27,4 +27,5 @@ def test_saved_adapter_loads_with_the_same_outputs(folder):
     pm = PeftModel.from_pretrained(base, folder)
     with torch.no_grad(): y = pm(**batch).logits
     assert not torch.equal(y0, expected["logits"]), "the stored adapter does not change the base's output: it checks nothing"
-    assert torch.equal(y, expected["logits"]), f"{folder.name}: max difference {(y - expected['logits']).abs().max().item():.3e}"
+    # the same outputs up to the last bits of float sums, which differ between CPUs (AVX-512 and AVX2 kernels): seen up to 7.5e-8
+    torch.testing.assert_close(y, expected["logits"], atol=1e-6, rtol=1e-5, msg=lambda m: f"{folder.name}: {m}")

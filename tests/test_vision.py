@@ -141,3 +141,75 @@ def test_contrastive_loss_is_clips_with_distinct_classes():
     same, together, apart = torch.tensor([0, 0, 1]), torch.tensor([[5., 5, -5], [5, 5, -5], [-5, -5, 5]]), torch.eye(3) * 10 - 5
     assert contrastive_loss(together, same) < contrastive_loss(apart, same)                          # two images of one class are not pushed apart...
     assert contrastive_loss(apart, torch.arange(3)) < contrastive_loss(together, torch.arange(3))    # ...as CLIP's own loss would, with every pair its own class
+
+
+def tiny_clip():
+    "A second two-tower model: a tiny ViT and a tiny BERT, three classes of two captions of random token ids."
+    from peft_notes.multimodal import DigitCLIP
+    torch.manual_seed(0)
+    vit = T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4), add_pooling_layer=False)
+    bert = T.BertModel(T.BertConfig(vocab_size=99, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, max_position_embeddings=32), add_pooling_layer=False)
+    m = DigitCLIP(vit, bert, dim=16).eval(); m.text_model.requires_grad_(False)
+    m.caption_ids = torch.randint(3, 99, (3, 2, 6), generator=torch.Generator().manual_seed(3)); m.caption_ids[..., 0] = 2
+    m.caption_mask = torch.ones_like(m.caption_ids)
+    return m
+
+VL = {"coop": (lambda: list_methods()["coop"](n_ctx=3), False), "clip_adapter": (lambda: list_methods()["clip_adapter"](), False),
+      "tip_adapter": (lambda: list_methods()["tip_adapter"](train_keys=True), True)}
+
+def test_vl_methods_are_all_here():
+    assert {n for n, c in list_methods().items() if c.__module__.startswith("peft_notes.methods.multimodal.")} == set(VL)
+
+@pytest.mark.parametrize("method", VL)
+@pytest.mark.parametrize("model", ["tiny"])   # the stored DigitCLIP: its chapter (nbs/76_clip_adapters.ipynb) runs the matrix on it
+def test_check_method_on_two_towers(method, model, root):
+    "CoOp and CLIP-Adapter change the output from the start; Tip-Adapter is the base until before_training builds its cache (checked as Tip-Adapter-F: its keys train)."
+    from peft_notes.multimodal import DIGIT_NAMES, load_digit_clip
+    if model == "tiny": make, inputs = tiny_clip, _pixels(3, 16)
+    else:
+        tok = load_digit_clip(root / "nbs" / "assets" / "digit_clip")[1]
+        make = lambda: load_digit_clip(root / "nbs" / "assets" / "digit_clip")[0].set_classes(DIGIT_NAMES[5:], tok, templates=["{}"])
+        inputs = _pixels(1, 28)
+    cfg, same = VL[method]
+    r = check_method(cfg, make, inputs, identity_at_init=same)
+    assert r["merge"].startswith("refused") and (r["init_max_diff"] == 0) == same and r["loss_after"] < r["loss_before"]
+    assert isinstance(r["mixed_batch_max_diff"], float) if method != "coop" else r["mixed_batch_max_diff"].startswith("refused (CoOp")
+
+def test_tip_adapter_training_free_cache_round_trip(tmp_path):
+    "Training-free: nothing trains, the cache is built from the batches, saved with its size, and a load gives the same logits."
+    from peft_notes.core import PeftModel
+    pm = get_peft_model(tiny_clip(), list_methods()["tip_adapter"]())
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad(): y0 = pm(pixel_values=x).logits
+    pm.before_training([{"pixel_values": x, "labels": torch.tensor([0, 1, 2, 0, 1, 2])}])
+    assert pm.trainable_report().trainable == 0
+    with torch.no_grad(): y = pm(pixel_values=x).logits
+    with torch.no_grad(): f = pm.base_model.image_features(x)
+    votes = torch.exp(-5.5 * (1 - f @ f.T)) @ torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    torch.testing.assert_close(y, y0 + votes)                                    # CLIP's logits + α·φ(f Kᵀ)·L, α = 1, β = 5.5
+    pm.save_adapter(tmp_path)
+    again = PeftModel.from_pretrained(tiny_clip(), tmp_path)
+    with torch.no_grad(): assert torch.equal(again(pixel_values=x).logits, y)
+
+@pytest.mark.parametrize("method", ["coop", "clip_adapter"])
+def test_vl_bf16(method):
+    pm = get_peft_model(tiny_clip().to(torch.bfloat16), VL[method][0]())
+    trainable = [p for p in pm.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    y = pm(pixel_values=torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)).logits
+    assert y.isfinite().all(); y.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+def test_coop_context_from_words_and_position_limit(root):
+    "ctx_init: the context starts as the words' embeddings (M = their tokens); a context past the text tower's positions is refused, the model unchanged."
+    from peft_notes.multimodal import DIGIT_NAMES, load_digit_clip
+    clip, tok, _ = load_digit_clip(root / "nbs" / "assets" / "digit_clip")
+    clip.set_classes(DIGIT_NAMES[5:], tok, templates=["{}"])
+    pm = get_peft_model(clip, list_methods()["coop"](ctx_init="a handwritten digit"))
+    ctx = pm.adapter_context().layers()[0][1].coop_context["default"]
+    ids = tok("a handwritten digit", add_special_tokens=False)["input_ids"]
+    words = load_digit_clip(root / "nbs" / "assets" / "digit_clip")[0].text_model.get_input_embeddings().weight[torch.tensor(ids)]
+    assert ctx.shape[0] == len(ids) and torch.equal(ctx.detach(), words)
+    plain = load_digit_clip(root / "nbs" / "assets" / "digit_clip")[0]
+    with pytest.raises(ValueError, match="needs 513 positions; the model has 512"): get_peft_model(plain, list_methods()["coop"](n_ctx=513))
+    assert type(plain.text_model).__name__ == "BertModel"                       # not wrapped: the refusal came before any change
