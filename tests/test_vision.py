@@ -205,7 +205,9 @@ def test_coop_context_from_words_and_position_limit(root):
     from peft_notes.multimodal import DIGIT_NAMES, load_digit_clip
     clip, tok, _ = load_digit_clip(root / "nbs" / "assets" / "digit_clip")
     clip.set_classes(DIGIT_NAMES[5:], tok, templates=["{}"])
-    pm = get_peft_model(clip, list_methods()["coop"](ctx_init="a handwritten digit"))
+    from peft_notes.models import minilm_path
+    with pytest.raises(ValueError, match="needs tokenizer_name_or_path"): list_methods()["coop"](ctx_init="a handwritten digit")
+    pm = get_peft_model(clip, list_methods()["coop"](ctx_init="a handwritten digit", tokenizer_name_or_path=str(minilm_path())))
     ctx = pm.adapter_context().layers()[0][1].coop_context["default"]
     ids = tok("a handwritten digit", add_special_tokens=False)["input_ids"]
     words = load_digit_clip(root / "nbs" / "assets" / "digit_clip")[0].text_model.get_input_embeddings().weight[torch.tensor(ids)]

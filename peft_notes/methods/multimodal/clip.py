@@ -60,12 +60,13 @@ class CoOpConfig(PeftConfig):
     "CoOp (Zhou et al., IJCV 2022): M learned context vectors before each class name in the text tower's input, shared by all classes."
     n_ctx: int = 4 # M, the context's length (ignored with ctx_init: its tokens decide)
     ctx_init: Optional[str] = None # start from these words' embeddings (the paper: "a photo of a"); None: N(0, 0.02²)
-    tokenizer_name_or_path: Optional[str] = None # the tokenizer that reads ctx_init (default: the shipped MiniLM's)
+    tokenizer_name_or_path: Optional[str] = None # the tokenizer that reads ctx_init (the text tower's: for DigitCLIP, `peft_notes.models.minilm_path()`)
     layer_cls: ClassVar[type] = CoOpLayer
 
     def validate(self):
         super().validate()
         if self.n_ctx < 1: raise ValueError(f"CoOpConfig.n_ctx must be at least 1, got {self.n_ctx}")
+        if self.ctx_init and not self.tokenizer_name_or_path: raise ValueError("CoOpConfig.ctx_init needs tokenizer_name_or_path: the text tower's tokenizer reads the words")
 
     def inject(self, ctx):
         path = clip_part(ctx.base, "text_model", "coop")
@@ -75,8 +76,7 @@ class CoOpConfig(PeftConfig):
         dt = train_dtype(emb.weight.dtype)
         if self.ctx_init:
             from transformers import AutoTokenizer
-            from peft_notes.models import minilm_path
-            ids = AutoTokenizer.from_pretrained(self.tokenizer_name_or_path or str(minilm_path()))(self.ctx_init, add_special_tokens=False)["input_ids"]
+            ids = AutoTokenizer.from_pretrained(self.tokenizer_name_or_path)(self.ctx_init, add_special_tokens=False)["input_ids"]
             if not ids: raise ValueError(f"ctx_init {self.ctx_init!r} has no tokens")
             init = emb.weight.detach()[torch.tensor(ids)].to(dt, copy=True)
         else: init = torch.randn(self.n_ctx, emb.embedding_dim, device=emb.weight.device, dtype=dt) * 0.02
