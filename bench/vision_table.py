@@ -9,7 +9,7 @@ after training on one 20-shot draw (seed 100), from a grid of three; then every 
 few-shot tasks for `--steps` steps (batches of 25), the full ones for `--epochs` epochs (batches of 50), AdamW with the
 shared loop's schedule (`peft_notes.train.fit`), a fresh head each time. A row records the test accuracy, the trained
 numbers, the adapter file's bytes and the mean step time (batches of 25, this process, one thread)."""
-import argparse, json, os, sys, tempfile, time
+import argparse, json, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -48,13 +48,6 @@ def _model(method, fields, k, seed=0):
         return m
     return get_peft_model(m, list_methods()[method](**fields, modules_to_save=["classifier"]))
 
-def _bytes(model, method)->int:
-    "What one task stores: the adapter's two files; the head's or the whole model's tensors for the baselines."
-    if method in ("head", "full"):
-        return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if method == "full" or n.startswith("classifier"))
-    with tempfile.TemporaryDirectory() as d:
-        model.save_adapter(d); return sum(f.stat().st_size for f in Path(d).iterdir())
-
 def run_one(job:dict)->dict:
     "Train one (method, task, seed, lr) and score it."
     import torch
@@ -74,7 +67,8 @@ def run_one(job:dict)->dict:
     scored = val if job.get("on") == "val" else test
     acc = evaluate(model, image_loader(*scored, batch_size=250))
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {**job, "accuracy": acc, "trained": trained, "bytes": _bytes(model, method), "steps_run": len(h.losses),
+    from peft_notes.harness import stored_bytes   # the adapter's two files; the head's or the whole model's trained tensors for the baselines
+    return {**job, "accuracy": acc, "trained": trained, "bytes": stored_bytes(model), "steps_run": len(h.losses),
             "step_seconds": sum(h.step_times[3:]) / max(1, len(h.step_times[3:])), "final_loss": h.losses[-1]}
 
 def _init(root):
