@@ -29,7 +29,10 @@ def contrastive_loss(logits:torch.Tensor, # (B, B): image i against caption j
 # %% ../nbs/75_vision_language.ipynb #9e74f3dd
 class CosineHead(nn.Module):
     "CLIP's classifier: logits = scale · cos(image, class). A module of its own, so that methods can wrap it (Tip-Adapter adds its cache's logits here)."
-    def forward(self, image_features:torch.Tensor, class_features:torch.Tensor, scale:torch.Tensor)->torch.Tensor:
+    def forward(self, image_features:torch.Tensor, # (B, d)
+                class_features:torch.Tensor, # (classes, d), or (B, classes, d) where each image has its own captions (CoCoOp)
+                scale:torch.Tensor)->torch.Tensor:
+        if class_features.dim() == 3: return scale * torch.einsum("bd,bkd->bk", image_features, class_features)
         return scale * image_features @ class_features.T
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -78,18 +81,28 @@ class DigitCLIP(nn.Module):
         h = self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 0]
         return F.normalize(self.visual_projection(h), dim=-1)
 
-    def text_features(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, **kw)->torch.Tensor:
-        "(N, dim) normalised caption embeddings: the text tower's tokens mean-pooled over the mask, projected."
+    @property
+    def conditioned(self)->bool:
+        "Do the captions depend on the image? True while a method on the text tower says so (CoCoOp's meta-net)."
+        return bool(getattr(self.text_model, "conditions_on_image", False))
+
+    def text_features(self, input_ids:torch.Tensor, attention_mask:torch.Tensor, image_features:torch.Tensor=None, **kw)->torch.Tensor:
+        "(N, dim) normalised caption embeddings: the text tower's tokens mean-pooled over the mask, projected; with `image_features` (B, d) of a conditioned tower, (B·N, dim)."
+        if image_features is not None:                                           # every caption once per image: the tower sees (B·N) rows
+            kw["image_features"] = image_features
+            attention_mask = attention_mask.repeat(len(image_features), 1)
         out = self.text_model(input_ids, attention_mask=attention_mask, **kw).last_hidden_state   # ids by position: what a method wrapping the tower reads
         m = attention_mask[..., -out.shape[1]:].unsqueeze(-1).to(out.dtype)      # a prompt method may have put rows in front
         if out.shape[1] != attention_mask.shape[-1]: m = torch.cat([m.new_ones(m.shape[0], out.shape[1] - m.shape[1], 1), m], 1)
         pooled = (out * m).sum(1) / m.sum(1)
         return F.normalize(self.text_projection(pooled), dim=-1)
 
-    def caption_features(self)->torch.Tensor:
-        "(classes, templates, dim): every caption of every class."
+    def caption_features(self, image_features:torch.Tensor=None)->torch.Tensor:
+        "(classes, templates, dim): every caption of every class; (B, classes, templates, dim) given the images' features while the captions are conditioned."
         if self.caption_ids.numel() == 0: raise ValueError("no classes: call set_classes(names, tokenizer) first")
         K, T, L = self.caption_ids.shape
+        if image_features is not None and self.conditioned:
+            return self.text_features(self.caption_ids.view(K * T, L), self.caption_mask.view(K * T, L), image_features).view(len(image_features), K, T, -1)
         return self.text_features(self.caption_ids.view(K * T, L), self.caption_mask.view(K * T, L)).view(K, T, -1)
 
     def class_features(self)->torch.Tensor:
@@ -98,11 +111,12 @@ class DigitCLIP(nn.Module):
 
     def forward(self, pixel_values:torch.Tensor, labels:torch.Tensor=None, **kw):
         img, scale = self.image_features(pixel_values), self.logit_scale.exp().clamp(max=100)
-        caps = self.caption_features()
-        logits = self.head(img, F.normalize(caps.mean(1), dim=-1), scale)          # (B, classes): zero-shot classification
+        caps = self.caption_features(img)                                         # (classes, templates, dim), or per image when conditioned
+        logits = self.head(img, F.normalize(caps.mean(-2), dim=-1), scale)         # (B, classes): zero-shot classification
         loss = None
         if labels is not None:
             if self.training and self.contrastive:                                 # each image against one caption of a random template
+                if caps.dim() == 4: raise ValueError("contrastive pretraining pairs each image with one caption; a method conditions the captions on the image: pretrain without it")
                 t = torch.randint(caps.shape[1], (len(labels),), device=labels.device)
                 loss = contrastive_loss(scale * img @ caps[labels, t].T, labels)
             else: loss = F.cross_entropy(logits, labels)

@@ -167,9 +167,10 @@ FINGERPRINT_CONFIG = {   # what a method needs to do something on a 2-layer mode
     "pasta": {"special_token_ids": [1, 2]}, "fish_mask": {"density": 0.05}, "lt_sft": {"density": 0.05, "select_steps": 2},
     "diff_pruning": {"density": 0.05, "search_steps": 2}, "far": {"select_steps": 2}, "spt": {"density": 0.2, "r": 1},
     "autopeft": {"serial_size": 4, "parallel_size": 4, "prefix_length": 3, "layers_to_transform": [1]},
-    "s4": {"strategies": ["AL", "AP", "AP", "PL"]},
+    "s4": {"strategies": ["AL", "AP", "AP", "PL"]}, "tip_adapter": {"train_keys": True},   # Tip-Adapter-F: the training-free cache has no step to take
     "qa_lora": {"quantization": {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value"]}}}   # INT4 groups must divide the 37-wide MLP's inputs: only the adapted layers
-FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5", **{m: "vit" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact")}}   # the methods that need another architecture than BERT
+FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5", **{m: "vit" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact")},
+                   **{m: "clip" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter")}}   # the methods that need another architecture than BERT
 
 def _harness_numbers()->list:
     "The shared loop (`peft_notes.train.fit`) on a tiny BERT with LoRA: its losses and the trained tensors' norms."
@@ -186,8 +187,18 @@ def _harness_numbers()->list:
     h = fit(pm, DataLoader(rows, batch_size=4), epochs=2, lr=1e-2, progress=False)
     return [*h.losses, *(p.norm().item() for _, p in sorted((n, p) for n, p in pm.named_parameters() if p.requires_grad))]
 
+def _tiny_two_towers(small:dict):
+    "A tiny `DigitCLIP` (a ViT and a BERT from configs, two classes of one caption each, fixed ids): what the vision-language methods' fingerprints train."
+    import transformers as T
+    from peft_notes.multimodal import DigitCLIP
+    vit = T.ViTModel(T.ViTConfig(**small, image_size=16, patch_size=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+    m = DigitCLIP(vit, T.BertModel(T.BertConfig(**small, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False), 16)
+    m.text_model.requires_grad_(False)
+    m.caption_ids = torch.randint(3, 99, (2, 1, 6), generator=torch.Generator().manual_seed(3)); m.caption_mask = torch.ones_like(m.caption_ids)
+    return m
+
 def fingerprint(method:str, # a registered method, "full" / "head" (the harness's baselines), or "harness" (the training loop itself)
-                arch:str=None, # "bert" (sequence classification), "llama" (causal LM), "t5" or "vit" (image classification); default: BERT unless the method needs another
+                arch:str=None, # "bert" (sequence classification), "llama" (causal LM), "t5", "vit" (image classification) or "clip" (two towers); default: BERT unless the method needs another
                )->str:
     "A short hash of one fixed tiny training step of `method`: equal while the method computes what it computed."
     import hashlib, torch, transformers as T
@@ -202,9 +213,10 @@ def fingerprint(method:str, # a registered method, "full" / "head" (the harness'
              "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=99,
                                                                    dropout_rate=0.0, decoder_start_token_id=0)),
              "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**{**small, "intermediate_size": 64}, image_size=16, patch_size=4,   # an MLP of whole 32-wide blocks (FacT)
-                                                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))}[arch]()
+                                                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+             "clip": lambda: _tiny_two_towers(small)}[arch]()
     ids = torch.randint(3, 99, (2, 10), generator=torch.Generator().manual_seed(1)); ids[:, 0], ids[:, -1] = 1, 2
-    if arch == "vit": batch = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1])}
+    if arch in ("vit", "clip"): batch = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1])}
     else: batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1]) if arch == "bert" else ids}
     if method in ("full", "head"):
         for n, p in model.named_parameters(): p.requires_grad_(method == "full" or n.startswith(("classifier", "lm_head")))

@@ -263,3 +263,17 @@ def test_mixtures_bench_tiny(tmp_path, root):
     res = json.loads((tmp_path / "m.json").read_text())
     assert [(x["kind"], x["task"]) for x in res["rows"]] == [(k, t) for k in ("one LoRA per task", "one shared LoRA", "MOELoRA") for t in tasks]
     assert all(0 <= x["accuracy"] <= 1 for x in res["rows"]) and all(len(g) == 2 and len(g[0]) == 4 for g in res["gates"].values())
+
+def test_clip_fewshot_tiny(tmp_path, root):
+    "bench/clip_fewshot.py at a tiny size: curve rows per (method, shots, seed), base-to-new rows with both accuracies and H, provenance with the VL methods' fingerprints."
+    out = tmp_path / "clip.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "clip_fewshot.py"), "--methods", "zero_shot", "coop", "cocoop", "tip_adapter", "--shots", "1",
+                        "--seeds", "1", "--steps", "2", "--base-to-new-shots", "2", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    curve = {x["method"]: x for x in res["rows"] if x["kind"] == "curve"}
+    b2n = {x["method"]: x for x in res["rows"] if x["kind"] == "base_to_new"}
+    assert set(curve) == {"zero_shot", "coop", "cocoop", "tip_adapter"} and set(b2n) == {"zero_shot", "coop", "cocoop"}
+    assert curve["zero_shot"]["base"] == b2n["zero_shot"]["base"] and curve["coop"]["trained"] == 4 * 384 and curve["cocoop"]["trained"] == 3716
+    assert curve["tip_adapter"]["trained"] == 0 and all(0 <= x["new"] <= 1 and abs(x["H"] - 2 * x["base"] * x["new"] / (x["base"] + x["new"])) < 1e-9 for x in b2n.values())
+    assert {"coop", "cocoop", "tip_adapter", "harness"} == set(res["provenance"]["fingerprints"])

@@ -154,7 +154,7 @@ def tiny_clip():
     m.caption_mask = torch.ones_like(m.caption_ids)
     return m
 
-VL = {"coop": (lambda: list_methods()["coop"](n_ctx=3), False), "clip_adapter": (lambda: list_methods()["clip_adapter"](), False),
+VL = {"coop": (lambda: list_methods()["coop"](n_ctx=3), False), "cocoop": (lambda: list_methods()["cocoop"](n_ctx=3, meta_reduction=4), False), "clip_adapter": (lambda: list_methods()["clip_adapter"](), False),
       "tip_adapter": (lambda: list_methods()["tip_adapter"](train_keys=True), True)}
 
 def test_vl_methods_are_all_here():
@@ -163,7 +163,7 @@ def test_vl_methods_are_all_here():
 @pytest.mark.parametrize("method", VL)
 @pytest.mark.parametrize("model", ["tiny"])   # the stored DigitCLIP: its chapter (nbs/76_clip_adapters.ipynb) runs the matrix on it
 def test_check_method_on_two_towers(method, model, root):
-    "CoOp and CLIP-Adapter change the output from the start; Tip-Adapter is the base until before_training builds its cache (checked as Tip-Adapter-F: its keys train)."
+    "CoOp, CoCoOp and CLIP-Adapter change the output from the start; Tip-Adapter is the base until before_training builds its cache (checked as Tip-Adapter-F: its keys train)."
     from peft_notes.multimodal import DIGIT_NAMES, load_digit_clip
     if model == "tiny": make, inputs = tiny_clip, _pixels(3, 16)
     else:
@@ -173,7 +173,8 @@ def test_check_method_on_two_towers(method, model, root):
     cfg, same = VL[method]
     r = check_method(cfg, make, inputs, identity_at_init=same)
     assert r["merge"].startswith("refused") and (r["init_max_diff"] == 0) == same and r["loss_after"] < r["loss_before"]
-    assert isinstance(r["mixed_batch_max_diff"], float) if method != "coop" else r["mixed_batch_max_diff"].startswith("refused (CoOp")
+    prompts = {"coop": "CoOp", "cocoop": "CoCoOp"}
+    assert isinstance(r["mixed_batch_max_diff"], float) if method not in prompts else r["mixed_batch_max_diff"].startswith(f"refused ({prompts[method]}")
 
 def test_tip_adapter_training_free_cache_round_trip(tmp_path):
     "Training-free: nothing trains, the cache is built from the batches, saved with its size, and a load gives the same logits."
@@ -191,7 +192,7 @@ def test_tip_adapter_training_free_cache_round_trip(tmp_path):
     again = PeftModel.from_pretrained(tiny_clip(), tmp_path)
     with torch.no_grad(): assert torch.equal(again(pixel_values=x).logits, y)
 
-@pytest.mark.parametrize("method", ["coop", "clip_adapter"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "clip_adapter"])
 def test_vl_bf16(method):
     pm = get_peft_model(tiny_clip().to(torch.bfloat16), VL[method][0]())
     trainable = [p for p in pm.parameters() if p.requires_grad]
@@ -215,3 +216,19 @@ def test_coop_context_from_words_and_position_limit(root):
     plain = load_digit_clip(root / "nbs" / "assets" / "digit_clip")[0]
     with pytest.raises(ValueError, match="needs 513 positions; the model has 512"): get_peft_model(plain, list_methods()["coop"](n_ctx=513))
     assert type(plain.text_model).__name__ == "BertModel"                       # not wrapped: the refusal came before any change
+
+def test_cocoop_captions_follow_the_image_and_refuse_the_text_tower_alone():
+    "CoCoOp: each image gets its own captions (the Meta-Net's token differs per image); the text tower called without images is refused; disabled, the towers are the base."
+    m = tiny_clip()
+    base = tiny_clip()
+    pm = get_peft_model(m, list_methods()["cocoop"](n_ctx=2, meta_reduction=4)).eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        f = pm.base_model.image_features(x)
+        caps = pm.base_model.caption_features(f)
+    assert caps.shape == (3, 3, 2, 16) and not torch.allclose(caps[0], caps[1])       # (images, classes, templates, dim): per image
+    with pytest.raises(ValueError, match="conditions the captions on the image"): pm.base_model.class_features()
+    with pm.disable_adapter(), torch.no_grad(): torch.testing.assert_close(pm(pixel_values=x).logits, base(pixel_values=x).logits)
+    with pytest.raises(ValueError, match="meta_reduction must be at least 1"): list_methods()["cocoop"](meta_reduction=0)
+    m.contrastive = True; pm.train()
+    with pytest.raises(ValueError, match="contrastive pretraining"): pm(pixel_values=x, labels=torch.tensor([0, 1, 2]))

@@ -62,25 +62,28 @@ class CoOpConfig(PeftConfig):
     ctx_init: Optional[str] = None # start from these words' embeddings (the paper: "a photo of a"); None: N(0, 0.02²)
     tokenizer_name_or_path: Optional[str] = None # the tokenizer that reads ctx_init (the text tower's: for DigitCLIP, `peft_notes.models.minilm_path()`)
     layer_cls: ClassVar[type] = CoOpLayer
+    label: ClassVar[str] = "CoOp" # the method's name in messages
 
     def validate(self):
         super().validate()
         if self.n_ctx < 1: raise ValueError(f"CoOpConfig.n_ctx must be at least 1, got {self.n_ctx}")
         if self.ctx_init and not self.tokenizer_name_or_path: raise ValueError("CoOpConfig.ctx_init needs tokenizer_name_or_path: the text tower's tokenizer reads the words")
 
-    def inject(self, ctx):
-        path = clip_part(ctx.base, "text_model", "coop")
-        tower = base_of(ctx.module(path))
+    def context_init(self, tower:nn.Module)->torch.Tensor:
+        "The context's starting value (M, d_text) on the text tower `tower`: ctx_init's word embeddings, or N(0, 0.02²)."
         emb = tower.get_input_embeddings()
-        check_positions(tower, self.n_ctx, 0, "CoOp's context")
+        check_positions(tower, self.n_ctx, 0, f"{self.label}'s context")
         dt = train_dtype(emb.weight.dtype)
         if self.ctx_init:
             from transformers import AutoTokenizer
             ids = AutoTokenizer.from_pretrained(self.tokenizer_name_or_path)(self.ctx_init, add_special_tokens=False)["input_ids"]
             if not ids: raise ValueError(f"ctx_init {self.ctx_init!r} has no tokens")
-            init = emb.weight.detach()[torch.tensor(ids)].to(dt, copy=True)
-        else: init = torch.randn(self.n_ctx, emb.embedding_dim, device=emb.weight.device, dtype=dt) * 0.02
-        ctx.wrap(path, init=init)
+            return emb.weight.detach()[torch.tensor(ids)].to(dt, copy=True)
+        return torch.randn(self.n_ctx, emb.embedding_dim, device=emb.weight.device, dtype=dt) * 0.02
+
+    def inject(self, ctx):
+        path = clip_part(ctx.base, "text_model", "coop")
+        ctx.wrap(path, init=self.context_init(base_of(ctx.module(path))))
 
 # %% ../../../nbs/76_clip_adapters.ipynb #d4179460
 class CLIPAdapterLayer(AdapterLayer):
