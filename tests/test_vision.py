@@ -232,3 +232,32 @@ def test_cocoop_captions_follow_the_image_and_refuse_the_text_tower_alone():
     with pytest.raises(ValueError, match="meta_reduction must be at least 1"): list_methods()["cocoop"](meta_reduction=0)
     m.contrastive = True; pm.train()
     with pytest.raises(ValueError, match="contrastive pretraining"): pm(pixel_values=x, labels=torch.tensor([0, 1, 2]))
+
+def test_noah_on_a_vit_prompts_are_visual(tmp_path, root):
+    "NOAH on a ViT: its prompt is VPT's (a length per layer, 0 included), the count is noah_params with d per prompt token, a save round-trips, and a subnet inherited from the supernet computes what the supernet computes with it switched on."
+    from peft_notes.core import PeftModel
+    from peft_notes.methods.hybrid.noah import NOAHSupernetConfig, inherit_subnet, noah_params, set_subnet
+    from peft_notes.methods.vision.vpt import VisualPromptLayer
+    from peft_notes.vision import load_digit_vit
+    load = lambda: load_digit_vit(root / "nbs" / "assets" / "digit_vit", num_labels=5)[0]
+    sub = {"adapter": [4, 0, 8, 8, 0, 4], "lora": [2, 2, 0, 0, 4, 4], "prompt": [0, 3, 0, 5, 5, 2]}
+    cfg = lambda: list_methods()["noah"](adapter_sizes=sub["adapter"], lora_ranks=sub["lora"], prompt_lengths=sub["prompt"], modules_to_save=["classifier"])
+    torch.manual_seed(0); pm = get_peft_model(load(), cfg())
+    assert pm.trainable_report().trainable == noah_params(64, sub["adapter"], sub["lora"], sub["prompt"], kv_width=64) + 325
+    prompted = {n: l.vpt_prompts["default"].shape[0] for n, l in pm.adapter_context().layers(VisualPromptLayer)}
+    assert prompted == {f"vit.layers.{i}": l for i, l in enumerate(sub["prompt"]) if i >= 1}   # layer 0 has none and nothing to remove; layer 2 removes layer 1's
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(): y = pm(pixel_values=x).logits
+    pm.save_adapter(tmp_path)
+    with torch.no_grad(): assert torch.equal(PeftModel.from_pretrained(load(), tmp_path)(pixel_values=x).logits, y)
+    sup = get_peft_model(load(), NOAHSupernetConfig(adapter_choices=[0, 4, 8], lora_choices=[0, 2, 4], prompt_choices=[0, 3, 5], modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for p in sup.parameters():
+            if p.requires_grad: p.normal_(0, 0.1)
+    set_subnet(sup, sub)
+    small = inherit_subnet(sup, get_peft_model(load(), cfg()))
+    with torch.no_grad(): torch.testing.assert_close(small(pixel_values=x).logits, sup(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+
+def test_noah_matrix_on_a_second_vit():
+    r = check_method(lambda: list_methods()["noah"](adapter_sizes=4, lora_ranks=2, prompt_lengths=[2, 0]), vit, _pixels(3, 16), identity_at_init=False)
+    assert r["loss_after"] < r["loss_before"] and r["merge"].startswith("refused")
