@@ -277,3 +277,16 @@ def test_clip_fewshot_tiny(tmp_path, root):
     assert curve["zero_shot"]["base"] == b2n["zero_shot"]["base"] and curve["coop"]["trained"] == 4 * 384 and curve["cocoop"]["trained"] == 3716
     assert curve["tip_adapter"]["trained"] == 0 and all(0 <= x["new"] <= 1 and abs(x["H"] - 2 * x["base"] * x["new"] / (x["base"] + x["new"])) < 1e-9 for x in b2n.values())
     assert {"coop", "cocoop", "tip_adapter", "harness"} == set(res["provenance"]["fingerprints"])
+
+def test_noah_vit_tiny(tmp_path, root):
+    "bench/noah_vit.py at a tiny size: a supernet step or two, a short search within the limit, then the design found as vision-table rows with provenance."
+    out = tmp_path / "noah.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "noah_vit.py"), "--epochs", "0.05", "--population", "3", "--generations", "2", "--parents", "2",
+                        "--tasks", "5-9, 1 shot", "--seeds", "1", "--steps", "2", "--table-epochs", "0.02", "--threads", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    from peft_notes.methods.hybrid.noah import noah_params
+    assert len(res["history"]) == 6 and res["best_params"] <= 12_288 and res["best_params"] == noah_params(64, *(res["best"][k] for k in ("adapter", "lora", "prompt")), kv_width=64)
+    assert len(res["lr_selection"]) == 3 and [x["method"] for x in res["rows"]] == ["noah"] and res["rows"][0]["trained"] == res["best_params"] + 325
+    assert {"noah", "harness"} == set(res["provenance"]["fingerprints"])

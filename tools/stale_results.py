@@ -76,6 +76,11 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "vision_digits.json": {"methods": ["adaptformer", "convpass", "fact", "full", "harness", "head", "lora", "ssf", "vpt", "vpt_deep"],
                            "code": ["bench/vision_table.py", "peft_notes/vision.py", "nbs/assets/digit_vit/digit_vit.json"],   # the stored ViT is part of what it measured: its record changes when it is re-made
                            "code_since": "b12d6ce"},   # the bench's own byte count was replaced by peft_notes.harness.stored_bytes, which computes the same
+    "noah_vit.json": {"methods": ["noah", "harness"],
+                      "code": ["bench/noah_vit.py", "bench/vision_table.py", "peft_notes/vision.py", "peft_notes/methods/vision/vpt.py", "nbs/assets/digit_vit/digit_vit.json"]
+                              + [f"{NOAH}::{n}" for n in ("is_vit", "FirstRows", "NOAHSupernetConfig", "set_subnet", "inherit_subnet", "noah_search")]},   # NOAH's fingerprint trains on BERT: its ViT prompt is this code
+    "clip_fewshot.json": {"methods": ["coop", "cocoop", "clip_adapter", "tip_adapter", "harness"],
+                          "code": ["bench/clip_fewshot.py", "peft_notes/multimodal.py", "peft_notes/vision.py", "nbs/assets/digit_clip/digit_clip.json", "nbs/assets/digit_vit/digit_vit.json"]},
 }
 
 def git(*args)->str:
