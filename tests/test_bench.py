@@ -290,3 +290,15 @@ def test_noah_vit_tiny(tmp_path, root):
     assert len(res["history"]) == 6 and res["best_params"] <= 12_288 and res["best_params"] == noah_params(64, *(res["best"][k] for k in ("adapter", "lora", "prompt")), kv_width=64)
     assert len(res["lr_selection"]) == 3 and [x["method"] for x in res["rows"]] == ["noah"] and res["rows"][0]["trained"] == res["best_params"] + 325
     assert {"noah", "harness"} == set(res["provenance"]["fingerprints"])
+
+def test_mllm_connectors_tiny(tmp_path, root):
+    "bench/mllm_connectors.py at a tiny size: a learning rate per connector on validation, rows with accuracy, trained numbers and image tokens, the probe, provenance."
+    out = tmp_path / "mllm.json"
+    r = subprocess.run([sys.executable, str(root / "bench" / "mllm_connectors.py"), "--kinds", "linear", "gated", "--seeds", "1", "--steps", "2",
+                        "--select-steps", "1", "--eval-limit", "20", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["learning_rates"]) == {"linear", "gated"} and len(res["lr_selection"]) == 6 and all(x["on"] == "val" for x in res["lr_selection"])
+    rows = {x["kind"]: x for x in res["rows"]}
+    assert rows["linear"]["trained"] == 64 * 128 + 128 and rows["linear"]["image_tokens"] == 50 and rows["gated"]["image_tokens"] == 0
+    assert all(0 <= x["accuracy"] <= 1 for x in rows.values()) and 0 < res["linear_probe_cls"] <= 1 and res["provenance"]["fingerprints"]["llama_adapter"]

@@ -226,7 +226,7 @@ def _rotate_half(x): x1, x2 = x.chunk(2, -1); return torch.cat((-x2, x1), -1)
 class AdaptionPromptLayer(AdapterLayer):
     "An attention module whose queries also attend to K learned adaption-prompt tokens, through a gate that starts at zero."
     adapter_layer_names = ("adaption_prompt", "adaption_gate")
-    other_param_names = ("rotary",)
+    other_param_names = ("rotary", "conditioning")
     wraps = (nn.Module,)
     mergeable = False
 
@@ -238,6 +238,7 @@ class AdaptionPromptLayer(AdapterLayer):
                              f"{type(attn).__name__} lacks {missing or ['head_dim']}")
         self.adaption_prompt, self.adaption_gate = nn.ParameterDict(), nn.ParameterDict()
         self.rotary = {}   # adapter -> the (cos, sin) of the call in progress (`adapt_args` keeps it for `combine`)
+        self.conditioning = {}   # adapter -> (B, K, d) rows added to its prompt for the next calls (a multimodal model's image tokens; set and cleared by its owner)
 
     def update_layer(self, name:str, cfg):
         w = base_of(self.base_layer).q_proj.weight
@@ -257,8 +258,11 @@ class AdaptionPromptLayer(AdapterLayer):
         attn, (cos, sin) = base_of(self.base_layer), self.rotary.pop(name)
         P = self.adaption_prompt[name].to(x.dtype)
         B, T, _ = x.shape; dh = attn.head_dim
-        k = attn.k_proj(P).view(1, P.shape[1], -1, dh).transpose(1, 2)      # (1, H_kv, K, d_h): no rotation, the prompt has no position
-        v = attn.v_proj(P).view(1, P.shape[1], -1, dh).transpose(1, 2)
+        if (c := self.conditioning.get(name)) is not None:                 # per-example rows on the prompt (LLaMA-Adapter's multimodal form)
+            if c.shape[0] != B: raise ValueError(f"LLaMA-Adapter's conditioning has {c.shape[0]} rows, the batch {B}")
+            P = P + c.to(x.dtype)
+        k = attn.k_proj(P).view(P.shape[0], P.shape[1], -1, dh).transpose(1, 2)   # (1 or B, H_kv, K, d_h): no rotation, the prompt has no position
+        v = attn.v_proj(P).view(P.shape[0], P.shape[1], -1, dh).transpose(1, 2)
         q = attn.q_proj(x).view(B, T, -1, dh).transpose(1, 2)               # (B, H, T, d_h)
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))   # grouped-query heads share keys
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
