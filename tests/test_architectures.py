@@ -49,10 +49,11 @@ REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("pasta", "t5"): "no default target_modules for model type 't5'"} | {
     ("llama_adapter", n): "LLaMA-style attention" for n in ("bert", "roberta", "gpt2", "opt", "vit", "t5")} | {
     ("xattn_tuning", n): "needs an encoder–decoder" for n in ARCHS if n != "t5"} | {
-    (m, "vit"): "no token embedding table" for m in ("unipelt", "mam", "noah")} | {(m, "t5"): "encoder-decoder" for m in ("unipelt", "mam", "noah")} | {
+    (m, "vit"): "no token embedding table" for m in ("unipelt", "mam")} | {(m, "t5"): "encoder-decoder" for m in ("unipelt", "mam", "noah")} | {
     ("s4", n): "owns a bias" for n in NO_BIAS} | {("s4", "vit"): "no token embedding table"} | {   # its default uses BitFit and a prefix
     (m, n): "needs a vision transformer" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact") for n in ARCHS if n != "vit"} | {
     ("fact", "vit"): "cuts weights into 32×32 blocks"} | {(m, n): "two-tower" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter") for n in ARCHS}   # this tiny ViT's 37-wide MLP is no whole number of blocks (tests/test_vision.py runs FacT on one that is)
+# NOAH runs on the ViT: its prompt module is VPT's there (a length per layer), as in its paper
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "s4", "noah", "vpt", "vpt_deep"}   # they change the inputs (the hybrids through their prefix): something new to read from the start
 
 @pytest.mark.parametrize("name", ARCHS)
