@@ -5,7 +5,8 @@ answers "which digit is this?" about MNIST-5k's ten digits from the stored ViT's
 
 Connectors: a linear projection (LLaVA), a two-layer MLP (LLaVA-1.5), a one-block resampler of 8 learned queries
 (Q-Former-style), and the zero-gated injection (the resampler's 8 tokens added to LLaMA-Adapter prompts in the first
-2 layers, gates from zero). Data: the 4,000 training images of split_classes(range(10)) less a validation split of 50
+2 layers, gates from zero); each prefix connector also with LoRA (r = 8, alpha = 16) on the language model's q_proj
+and v_proj ("+lora"; otherwise the language model is frozen whole). Data: the 4,000 training images of split_classes(range(10)) less a validation split of 50
 a class; the 1,000 test images. Each connector's learning rate is chosen first from a grid of three by its answers'
 accuracy on the validation split after `--select-steps` steps (seed 100); then three seeds of `--steps` steps (batches
 of 32, AdamW, a constant rate after a 5% warm-up) are scored by their greedy answers on the test images (exactly
@@ -16,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ["linear", "mlp", "resampler", "gated"]
+KINDS = ["linear", "mlp", "resampler", "gated", "linear+lora", "mlp+lora", "resampler+lora"]   # +lora: LoRA r = 8 on the LM's q_proj, v_proj beside the connector
 LRS = [1e-3, 3e-3, 1e-2]
 DATA = None
 
@@ -48,7 +49,8 @@ def run_one(job:dict)->dict:
     from peft_notes.multimodal_llm import VisionLanguageLM, answer_accuracy, digit_qa_batch
     lm, tok, _ = load_char_llama(ROOT / "nbs" / "assets" / "char_llama")
     torch.manual_seed(job["seed"])
-    m = VisionLanguageLM(lm, 64, job["kind"])
+    base, _, lora = job["kind"].partition("+")
+    m = VisionLanguageLM(lm, 64, base, lora_rank=8 if lora else 0)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=job["lr"])
     warm = max(1, job["steps"] // 20)
@@ -64,13 +66,13 @@ def run_one(job:dict)->dict:
         times.append(time.perf_counter() - t0); losses.append(loss.item())
     sx, sy = DATA[job["on"]]
     return {**job, "accuracy": answer_accuracy(m, sx, sy, tok, DIGIT_NAMES), "trained": sum(p.numel() for p in params),
-            "image_tokens": 0 if job["kind"] == "gated" else (8 if job["kind"] == "resampler" else fx.shape[1]),
+            "image_tokens": 0 if base == "gated" else (8 if base == "resampler" else fx.shape[1]),
             "step_seconds": sum(times[5:]) / max(1, len(times[5:])), "final_loss": sum(losses[-20:]) / len(losses[-20:])}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/mllm_digits.json")
-    ap.add_argument("--kinds", nargs="+", default=KINDS)
+    ap.add_argument("--kinds", nargs="+", default=KINDS[:4])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--select-steps", type=int, default=300)

@@ -6,7 +6,7 @@
 __all__ = ['CONNECTORS', 'PROMPT', 'LinearConnector', 'MLPConnector', 'Resampler', 'VisionLanguageLM', 'digit_qa_batch',
            'answer_accuracy', 'save_vlm', 'load_vlm', 'patch_features']
 
-# %% ../nbs/78_multimodal_llm.ipynb #016574db
+# %% ../nbs/78_multimodal_llm.ipynb #da09d72a
 import json
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from safetensors.torch import save_file
 from .core.files import atomic_write, read_safetensors
 
-# %% ../nbs/78_multimodal_llm.ipynb #e1f67517
+# %% ../nbs/78_multimodal_llm.ipynb #b8a5b043
 class LinearConnector(nn.Module):
     "LLaVA's connector: one linear map from each image feature to the language model's width (every feature a token)."
     def __init__(self, d_image:int, d_model:int):
@@ -42,7 +42,7 @@ class Resampler(nn.Module):
 
 CONNECTORS = {"linear": LinearConnector, "mlp": MLPConnector, "resampler": Resampler}
 
-# %% ../nbs/78_multimodal_llm.ipynb #4abe5e58
+# %% ../nbs/78_multimodal_llm.ipynb #99ec2ab2
 PROMPT = "Q: which digit is this?\nA: "
 
 class VisionLanguageLM(nn.Module):
@@ -52,12 +52,19 @@ class VisionLanguageLM(nn.Module):
                  connector:str="mlp", # "linear", "mlp", "resampler" (image tokens before the text), or "gated"
                  n_queries:int=8, # the resampler's queries (gated: also the adaption prompts' length)
                  gated_layers:int=2, # gated: how many of the first layers read the image
+                 lora_rank:int=0, # prefix modes: LoRA of this rank on the LM's q_proj and v_proj (0: the LM frozen whole)
                 ):
         super().__init__()
         if connector not in (*CONNECTORS, "gated"): raise ValueError(f"connector must be one of {[*CONNECTORS, 'gated']}, got {connector!r}")
+        if lora_rank and connector == "gated": raise ValueError("the gated design keeps the language model frozen: lora_rank is for the prefix connectors")
+        if lora_rank < 0: raise ValueError(f"lora_rank must be 0 (none) or more, got {lora_rank}")
         d, self.kind = lm.config.hidden_size, connector
-        self.d_image, self.n_queries, self.gated_layers = d_image, n_queries, gated_layers
+        self.d_image, self.n_queries, self.gated_layers, self.lora_rank = d_image, n_queries, gated_layers, lora_rank
         lm.requires_grad_(False)
+        if lora_rank:
+            from peft_notes.core import get_peft_model
+            from peft_notes.methods.reparameterized.lora import LoraConfig
+            lm = get_peft_model(lm, LoraConfig(r=lora_rank, alpha=2 * lora_rank, target_modules=["q_proj", "v_proj"]))
         if connector == "gated":
             from peft_notes.core import get_peft_model
             from peft_notes.methods.additive.soft_prompts import LlamaAdapterConfig
@@ -115,7 +122,7 @@ def answer_accuracy(model:VisionLanguageLM, features:torch.Tensor, labels:torch.
 def save_vlm(model:VisionLanguageLM, folder):
     "What trains (the connector; gated, also the adaption prompts and gates) as `vlm.safetensors`, how to rebuild it as `vlm.json`: written as one unit."
     state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    info = {"connector": model.kind, "d_image": model.d_image, "n_queries": model.n_queries, "gated_layers": model.gated_layers}
+    info = {"connector": model.kind, "d_image": model.d_image, "n_queries": model.n_queries, "gated_layers": model.gated_layers, "lora_rank": model.lora_rank}
     atomic_write({"vlm.safetensors": lambda f: save_file(state, f), "vlm.json": lambda f: Path(f).write_text(json.dumps(info, indent=1))}, folder)
 
 def load_vlm(folder, lm:nn.Module)->VisionLanguageLM:
@@ -124,11 +131,11 @@ def load_vlm(folder, lm:nn.Module)->VisionLanguageLM:
     if not (folder / "vlm.json").is_file(): raise FileNotFoundError(f"no saved VisionLanguageLM in {folder} (save_vlm writes vlm.json and vlm.safetensors)")
     info, tensors = json.loads((folder / "vlm.json").read_text()), read_safetensors(folder / "vlm.safetensors")
     frozen = {n: p.requires_grad for n, p in lm.named_parameters()}
-    model = VisionLanguageLM(lm, info["d_image"], info["connector"], info["n_queries"], info["gated_layers"])
+    model = VisionLanguageLM(lm, info["d_image"], info["connector"], info["n_queries"], info["gated_layers"], info.get("lora_rank", 0))
     want = {n: p for n, p in model.named_parameters() if p.requires_grad}
     bad = sorted(set(want) ^ set(tensors)) + [n for n in set(want) & set(tensors) if want[n].shape != tensors[n].shape]
     if bad:                                                                        # leave `lm` as it came: unwrapped, its flags as they were
-        if model.kind == "gated": model.lm.unload()
+        if model.kind == "gated" or model.lora_rank: model.lm.unload()
         for n, p in lm.named_parameters(): p.requires_grad_(frozen[n])
         raise ValueError(f"{folder}: the saved tensors do not fit this language model: {bad[:3]}")
     with torch.no_grad():

@@ -42,6 +42,7 @@ def test_gated_starts_as_the_language_model_and_prefix_masks_the_image():
 def test_bad_input_is_refused_by_name():
     with pytest.raises(ValueError, match="connector must be one of"): VisionLanguageLM(tiny_lm(), 16, "perceiver")
     with pytest.raises(ValueError, match="gated_layers must be in 1..3"): VisionLanguageLM(tiny_lm(), 16, "gated", gated_layers=4)
+    with pytest.raises(ValueError, match="keeps the language model frozen"): VisionLanguageLM(tiny_lm(), 16, "gated", lora_rank=4)
     m, b = VisionLanguageLM(tiny_lm(), 16, "mlp"), _batch()
     with pytest.raises(ValueError, match="one row per text"): m(b["image_features"][:2], b["input_ids"])
     with pytest.raises(ValueError, match=r"\(batch, features, width\)"): m(b["image_features"][:, 0], b["input_ids"])
@@ -63,3 +64,16 @@ def test_save_load_round_trip_and_a_failed_load_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="do not fit"): load_vlm(tmp_path, other)
     assert set(other.state_dict()) == keys and all(p.requires_grad for p in other.parameters())
     with pytest.raises(FileNotFoundError, match="no saved VisionLanguageLM"): load_vlm(tmp_path / "missing", tiny_lm())
+
+def test_a_prefix_connector_with_lora_on_the_lm(tmp_path):
+    "lora_rank: the connector and LoRA's A and B on q_proj, v_proj train (nothing else of the LM); the pair saves and loads."
+    m, b = VisionLanguageLM(tiny_lm(), 16, "mlp", lora_rank=2), _batch()
+    trained = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trained) and all(n.startswith("connector.") or "lora_" in n for n in trained)
+    assert sum(m.state_dict()[n].numel() for n in trained if "lora_" in n) == 3 * 2 * (2 * 32 * 2)   # 3 layers, q and v, A and B of 2 × 32
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n: p.normal_()
+        y = m(**b).logits
+    save_vlm(m, tmp_path)
+    with torch.no_grad(): torch.testing.assert_close(load_vlm(tmp_path, tiny_lm())(**b).logits, y, rtol=0, atol=0)
