@@ -6,7 +6,7 @@
 __all__ = ['CONNECTORS', 'PROMPT', 'LinearConnector', 'MLPConnector', 'Resampler', 'VisionLanguageLM', 'digit_qa_batch',
            'answer_accuracy', 'save_vlm', 'load_vlm', 'patch_features']
 
-# %% ../nbs/78_multimodal_llm.ipynb #da09d72a
+# %% ../nbs/78_multimodal_llm.ipynb #7d92257a
 import json
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from safetensors.torch import save_file
 from .core.files import atomic_write, read_safetensors
 
-# %% ../nbs/78_multimodal_llm.ipynb #b8a5b043
+# %% ../nbs/78_multimodal_llm.ipynb #a8214a00
 class LinearConnector(nn.Module):
     "LLaVA's connector: one linear map from each image feature to the language model's width (every feature a token)."
     def __init__(self, d_image:int, d_model:int):
@@ -42,7 +42,7 @@ class Resampler(nn.Module):
 
 CONNECTORS = {"linear": LinearConnector, "mlp": MLPConnector, "resampler": Resampler}
 
-# %% ../nbs/78_multimodal_llm.ipynb #99ec2ab2
+# %% ../nbs/78_multimodal_llm.ipynb #83b7846f
 PROMPT = "Q: which digit is this?\nA: "
 
 class VisionLanguageLM(nn.Module):

@@ -79,6 +79,13 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "noah_vit.json": {"methods": ["noah", "harness"],
                       "code": ["bench/noah_vit.py", "bench/vision_table.py", "peft_notes/vision.py", "peft_notes/methods/vision/vpt.py", "nbs/assets/digit_vit/digit_vit.json"]
                               + [f"{NOAH}::{n}" for n in ("is_vit", "FirstRows", "NOAHSupernetConfig", "set_subnet", "inherit_subnet", "noah_search")]},   # NOAH's fingerprint trains on BERT: its ViT prompt is this code
+    "mllm_digits.json": {"methods": ["llama_adapter"],
+                         "code": ["bench/mllm_connectors.py", "peft_notes/multimodal_llm.py", "peft_notes/foundations.py", "peft_notes/vision.py",
+                                  "nbs/assets/digit_vit/digit_vit.json", "nbs/assets/char_llama/char_llama.json"],
+                         "code_since": "f76580e"},   # f76580e added lora_rank (the "+lora" kinds): with lora_rank 0, the connector-only runs compute as before
+    "mllm_digits_lora.json": {"methods": ["llama_adapter"],   # the bench records llama_adapter's fingerprint only: LoRA's code is watched as a file
+                              "code": ["bench/mllm_connectors.py", "peft_notes/multimodal_llm.py", "peft_notes/foundations.py", "peft_notes/vision.py",
+                                       "peft_notes/methods/reparameterized/lora.py", "nbs/assets/digit_vit/digit_vit.json", "nbs/assets/char_llama/char_llama.json"]},
     "clip_fewshot.json": {"methods": ["coop", "cocoop", "clip_adapter", "tip_adapter", "harness"],
                           "code": ["bench/clip_fewshot.py", "peft_notes/multimodal.py", "peft_notes/vision.py", "nbs/assets/digit_clip/digit_clip.json", "nbs/assets/digit_vit/digit_vit.json"]},
 }

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['meta_net', 'cocoop_params', 'CoCoOpLayer', 'CoCoOpConfig']
 
-# %% ../../../nbs/77_cocoop.ipynb #300378ac
+# %% ../../../nbs/77_cocoop.ipynb #748400fe
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 import torch
@@ -15,7 +15,7 @@ from ...core.layer import base_of
 from ...core.targets import check_positions
 from .clip import CoOpConfig, clip_part
 
-# %% ../../../nbs/77_cocoop.ipynb #fdfc0324
+# %% ../../../nbs/77_cocoop.ipynb #b5728bc4
 def meta_net(d_image:int, d_text:int, reduction:int=16)->nn.Sequential:
     "CoCoOp's Meta-Net: Linear-ReLU-Linear from an image feature to one token of the text tower's input width, its hidden layer d_image/reduction wide."
     h = max(1, d_image // reduction)
@@ -28,7 +28,7 @@ def cocoop_params(M:int, # the context's length
     h = max(1, d_image // reduction)
     return M * d_text + d_image * h + h + h * d_text + d_text
 
-# %% ../../../nbs/77_cocoop.ipynb #006fce94
+# %% ../../../nbs/77_cocoop.ipynb #02a160b7
 class CoCoOpLayer(AdapterLayer):
     "A text tower whose captions get, per image x, the context v_m + π(x) after [CLS] (π: the Meta-Net on x's feature): N captions and B images make B·N rows."
     adapter_layer_names = ("cocoop_context", "cocoop_meta")
