@@ -97,7 +97,11 @@ def _wrappable(m, types_ok)->bool:
     if isinstance(m, AdapterLayer): return not isinstance(m, ModulesToSave) and isinstance(m.base_layer, types_ok)
     return isinstance(m, types_ok)
 
-def _model_type(model)->Optional[str]: return getattr(getattr(model, "config", None), "model_type", None)
+def _model_type(model)->Optional[str]:
+    "The architecture's name that default targets are keyed by: `config.model_type` (transformers), a model's own `model_type`, or a diffusers model's class name (its config carries none)."
+    mt = getattr(getattr(model, "config", None), "model_type", None) or getattr(model, "model_type", None)
+    if mt is None and type(model).__module__.startswith("diffusers."): mt = type(model).__name__
+    return mt
 
 # %% ../../nbs/00c_core_targets.ipynb #2184dca2
 def find_targets(model:nn.Module, # the model to search (without a PeftModel wrapper)
