@@ -8,7 +8,7 @@ __all__ = ['SIZE', 'caption', 'small_digits', 'to_model', 'digit_split', 'digit_
            'train_digit_diffusion', 'digit_model', 'sample_digits', 'scorer_pixels', 'train_digit_scorer',
            'read_digits', 'frechet_distance', 'score_samples', 'save_digit_diffusion', 'load_digit_diffusion']
 
-# %% ../nbs/79_diffusion.ipynb #fd6eb4fb
+# %% ../nbs/79_diffusion.ipynb #10f15b12
 import json, re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from .multimodal import DIGIT_NAMES
 from .vision import MNIST_MEAN, MNIST_STD, digit_vit_config, image_features, image_loader, split_classes
 from .train import fit
 
-# %% ../nbs/79_diffusion.ipynb #eb786c84
+# %% ../nbs/79_diffusion.ipynb #7e3615f3
 SIZE = 16   # the generator's pixels: 16×16, one channel
 
 def caption(digit:int)->str:
@@ -43,7 +43,7 @@ def digit_split(x:torch.Tensor, y:torch.Tensor, classes=range(10), test_per_clas
     task = split_classes(small_digits(x), y, classes, test_per_class=test_per_class, seed=seed)
     return {k: ((v[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1), torch.tensor(classes)[v[1]]) for k, v in task.items()}
 
-# %% ../nbs/79_diffusion.ipynb #485e1a6a
+# %% ../nbs/79_diffusion.ipynb #b61276eb
 def digit_unet_config(channels:tuple=(32, 64, 64), # width of each resolution (16, 8, 4 pixels for three)
                       cross_attention_dim:int=384, # the text states' width: MiniLM's
                       head_dim:int=8, norm_groups:int=8, size:int=SIZE)->dict:
@@ -66,7 +66,7 @@ def unet_parts(unet:nn.Module)->dict:
         parts[k] += p.numel()
     return parts
 
-# %% ../nbs/79_diffusion.ipynb #2c777595
+# %% ../nbs/79_diffusion.ipynb #fef06148
 @dataclass
 class DiffusionOutput(ModelOutput):
     "What `DigitDiffusion` returns: the predicted noise, and DDPM's loss when it was given clean pixels and the noise."
@@ -95,6 +95,11 @@ class DigitDiffusion(nn.Module):
         self.unet, self.text_model, self.tokenizer, self.max_tokens = unet, text_model.requires_grad_(False), tokenizer, max_tokens
         self.scheduler = scheduler or DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
         self.config = unet.config
+
+    def train(self, mode:bool=True):
+        "Train mode for the UNet (and any adapter); the frozen text tower stays in eval mode, a fixed function (no dropout in its states)."
+        super().train(mode); self.text_model.eval()
+        return self
 
     def tokenize(self, prompts:list)->dict:
         "input_ids and attention_mask of `prompts`, padded to `max_tokens`; a clear error for a prompt too long or an unknown `<placeholder>`."
@@ -138,7 +143,7 @@ def digit_diffusion(seed:int=0, **unet_kw)->DigitDiffusion:
     torch.manual_seed(seed)
     return DigitDiffusion(UNet2DConditionModel(**digit_unet_config(cross_attention_dim=text.config.hidden_size, **unet_kw)), text, tok)
 
-# %% ../nbs/79_diffusion.ipynb #f3da3200
+# %% ../nbs/79_diffusion.ipynb #4a6574aa
 class CaptionCache:
     "The frozen text tower's states of each prompt, computed once: prompts -> (states, attention mask)."
     def __init__(self, model:DigitDiffusion): self.model, self.cache = model, {}
@@ -179,7 +184,7 @@ def train_digit_diffusion(model:DigitDiffusion, images:torch.Tensor, prompts:lis
     return fit(model, diffusion_loader(model, images, prompts, batch_size, drop, seed), epochs=epochs, lr=lr, weight_decay=0.01,
                warmup=0.05, seed=seed, progress=progress)
 
-# %% ../nbs/79_diffusion.ipynb #5da05a8d
+# %% ../nbs/79_diffusion.ipynb #5ba82241
 def digit_model(model:nn.Module)->DigitDiffusion:
     "The `DigitDiffusion` inside `model` (itself, or the base of a PeftModel); a clear error otherwise."
     m = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -215,7 +220,7 @@ def sample_digits(model:nn.Module, # a DigitDiffusion, or a PeftModel around one
     model.train(was)
     return torch.cat(out)
 
-# %% ../nbs/79_diffusion.ipynb #eb32c5e5
+# %% ../nbs/79_diffusion.ipynb #b0d2a74f
 def scorer_pixels(x01:torch.Tensor)->torch.Tensor:
     "[0, 1] pixels -> what the judge reads (MNIST's standardisation)."
     return (x01 - MNIST_MEAN) / MNIST_STD
@@ -254,7 +259,7 @@ def score_samples(scorer:nn.Module, images:torch.Tensor, # samples in [0, 1]
     if real is not None: r["frechet"] = frechet_distance(image_features(scorer, scorer_pixels(real)), image_features(scorer, scorer_pixels(images)))
     return r
 
-# %% ../nbs/79_diffusion.ipynb #efa49e27
+# %% ../nbs/79_diffusion.ipynb #7b504ec5
 def save_digit_diffusion(model:DigitDiffusion, folder, **info):
     "The UNet as diffusers stores it (config + safetensors) and `digit_unet.json`: `info`, the caption length and the noise schedule."
     folder = Path(folder); model.unet.save_pretrained(folder)
