@@ -52,9 +52,9 @@ if __name__ == "__main__":
     seconds = time.perf_counter() - t0
     print(f"generator: {len(h.losses)} steps in {seconds:.0f} s, last epoch's loss {sum(h.losses[-30:]) / 30:.4f}", flush=True)
     real = pool["test"][0]
+    balanced = torch.cat([pool["train"][0][pool["train"][1] == d][:100] for d in range(5)])   # 100 training images of each digit (the split is ordered by digit)
     reference = {"judge_accuracy_real_test_0_4": (read_digits(scorer, real) == pool["test"][1]).float().mean().item(),
-                 "frechet_real_train_vs_test_0_4": frechet_distance(image_features(scorer, scorer_pixels(pool["train"][0][:500])),
-                                                                    image_features(scorer, scorer_pixels(real)))}
+                 "frechet_real_train_vs_test_0_4": frechet_distance(image_features(scorer, scorer_pixels(balanced)), image_features(scorer, scorer_pixels(real)))}
     model.eval()
     asked = torch.arange(5).repeat_interleave(a.per_digit)
     rows = []

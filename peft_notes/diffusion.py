@@ -8,7 +8,7 @@ __all__ = ['SIZE', 'caption', 'small_digits', 'to_model', 'digit_split', 'digit_
            'train_digit_diffusion', 'digit_model', 'sample_digits', 'scorer_pixels', 'train_digit_scorer',
            'read_digits', 'frechet_distance', 'score_samples', 'save_digit_diffusion', 'load_digit_diffusion']
 
-# %% ../nbs/79_diffusion.ipynb #10f15b12
+# %% ../nbs/79_diffusion.ipynb #c4c8b31c
 import json, re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from .multimodal import DIGIT_NAMES
 from .vision import MNIST_MEAN, MNIST_STD, digit_vit_config, image_features, image_loader, split_classes
 from .train import fit
 
-# %% ../nbs/79_diffusion.ipynb #7e3615f3
+# %% ../nbs/79_diffusion.ipynb #f372cf65
 SIZE = 16   # the generator's pixels: 16×16, one channel
 
 def caption(digit:int)->str:
@@ -43,7 +43,7 @@ def digit_split(x:torch.Tensor, y:torch.Tensor, classes=range(10), test_per_clas
     task = split_classes(small_digits(x), y, classes, test_per_class=test_per_class, seed=seed)
     return {k: ((v[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1), torch.tensor(classes)[v[1]]) for k, v in task.items()}
 
-# %% ../nbs/79_diffusion.ipynb #b61276eb
+# %% ../nbs/79_diffusion.ipynb #de086431
 def digit_unet_config(channels:tuple=(32, 64, 64), # width of each resolution (16, 8, 4 pixels for three)
                       cross_attention_dim:int=384, # the text states' width: MiniLM's
                       head_dim:int=8, norm_groups:int=8, size:int=SIZE)->dict:
@@ -66,7 +66,7 @@ def unet_parts(unet:nn.Module)->dict:
         parts[k] += p.numel()
     return parts
 
-# %% ../nbs/79_diffusion.ipynb #fef06148
+# %% ../nbs/79_diffusion.ipynb #d495672d
 @dataclass
 class DiffusionOutput(ModelOutput):
     "What `DigitDiffusion` returns: the predicted noise, and DDPM's loss when it was given clean pixels and the noise."
@@ -101,19 +101,36 @@ class DigitDiffusion(nn.Module):
         super().train(mode); self.text_model.eval()
         return self
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs:dict=None, **kw):
+        "Activation checkpointing in the UNet, diffusers' own, block by block (the text tower's activations, 16 tokens, are small beside the UNet's)."
+        self.unet.enable_gradient_checkpointing()
+
+    def enable_input_require_grads(self):
+        "What checkpointing with a frozen embedding table asks for: the text tower's input embeddings' output requires grad."
+        self.text_model.enable_input_require_grads()
+
+    def placeholders(self)->dict:
+        "The placeholder words the text tower's embedding table has rows for ({'<five>': row}): none until a method teaches one (textual inversion)."
+        from peft_notes.core.layer import base_of
+        return dict(getattr(base_of(self.text_model.get_input_embeddings()), "placeholders", {}))
+
     def tokenize(self, prompts:list)->dict:
-        "input_ids and attention_mask of `prompts`, padded to `max_tokens`; a clear error for a prompt too long or an unknown `<placeholder>`."
+        "input_ids and attention_mask of `prompts`, padded to `max_tokens`: the tokenizer's ids, with each known `<placeholder>` as its own row; a clear error for a prompt too long or an unknown placeholder."
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        known = set(self.tokenizer.get_added_vocab())
+        known, tok, rows = self.placeholders(), self.tokenizer, []
         for p in prompts:
-            for w in re.findall(r"<[^<>\s]+>", p):
-                if w not in known: raise ValueError(f"unknown placeholder token {w!r} in the prompt {p!r}: the tokenizer knows "
-                                                    f"{sorted(k for k in known if k.startswith('<')) or 'none'} (textual inversion teaches new ones)")
-        enc = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=False, return_tensors="pt")
-        if enc["input_ids"].shape[1] > self.max_tokens:
-            n = enc["attention_mask"].sum(1); i = int(n.argmax())
-            raise ValueError(f"the prompt {prompts[i]!r} is {int(n[i])} tokens long; the text tower takes {self.max_tokens} (max_tokens)")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            ids = [tok.cls_token_id]
+            for piece in re.split(r"(<[^<>\s]+>)", p):
+                if re.fullmatch(r"<[^<>\s]+>", piece):
+                    if piece not in known: raise ValueError(f"unknown placeholder token {piece!r} in the prompt {p!r}: the model knows "
+                                                            f"{sorted(known) or 'none'} (textual inversion teaches new ones)")
+                    ids.append(known[piece])
+                elif piece.strip(): ids += tok(piece, add_special_tokens=False)["input_ids"]
+            ids.append(tok.sep_token_id)
+            if len(ids) > self.max_tokens: raise ValueError(f"the prompt {p!r} is {len(ids)} tokens long; the text tower takes {self.max_tokens} (max_tokens)")
+            rows.append(ids)
+        ids = torch.tensor([r + [tok.pad_token_id] * (self.max_tokens - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (torch.arange(self.max_tokens) < torch.tensor([len(r) for r in rows])[:, None]).long()}
 
     def encode(self, input_ids:torch.Tensor, attention_mask:torch.Tensor=None)->torch.Tensor:
         "The caption's token states (B, max_tokens, width): the cross-attention context."
@@ -124,6 +141,7 @@ class DigitDiffusion(nn.Module):
                 input_ids:torch.Tensor=None, attention_mask:torch.Tensor=None, # the caption's tokens (the mask also masks cross-attention)
                 encoder_hidden_states:torch.Tensor=None, # the caption's states, already computed (then input_ids is not needed)
                 pixel_values:torch.Tensor=None, noise:torch.Tensor=None, # clean x_0 and ε: the model noises x_0 and returns the loss
+                loss_weight:torch.Tensor=None, # a weight per example in the loss (DreamBooth's prior preservation); None: all 1
                 **unet_kwargs, # passed to the UNet (e.g. the control methods' residuals)
                )->DiffusionOutput:
         if encoder_hidden_states is None:
@@ -134,7 +152,9 @@ class DigitDiffusion(nn.Module):
             sample = self.scheduler.add_noise(pixel_values, noise, timestep)
         elif sample is None or timestep is None: raise ValueError("DigitDiffusion needs sample and timestep (or pixel_values, noise and timestep)")
         eps = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=attention_mask, **unet_kwargs).sample
-        return DiffusionOutput(sample=eps, loss=F.mse_loss(eps.float(), noise.float()) if pixel_values is not None else None)
+        if pixel_values is None: return DiffusionOutput(sample=eps)
+        per = ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)                  # each example's mean squared error
+        return DiffusionOutput(sample=eps, loss=per.mean() if loss_weight is None else (per * loss_weight.to(per.dtype)).mean())
 
 def digit_diffusion(seed:int=0, **unet_kw)->DigitDiffusion:
     "A fresh model: `digit_unet_config(**unet_kw)` initialised with `seed`, the shipped MiniLM as its text tower."
@@ -143,7 +163,7 @@ def digit_diffusion(seed:int=0, **unet_kw)->DigitDiffusion:
     torch.manual_seed(seed)
     return DigitDiffusion(UNet2DConditionModel(**digit_unet_config(cross_attention_dim=text.config.hidden_size, **unet_kw)), text, tok)
 
-# %% ../nbs/79_diffusion.ipynb #4a6574aa
+# %% ../nbs/79_diffusion.ipynb #03d0dae9
 class CaptionCache:
     "The frozen text tower's states of each prompt, computed once: prompts -> (states, attention mask)."
     def __init__(self, model:DigitDiffusion): self.model, self.cache = model, {}
@@ -184,7 +204,7 @@ def train_digit_diffusion(model:DigitDiffusion, images:torch.Tensor, prompts:lis
     return fit(model, diffusion_loader(model, images, prompts, batch_size, drop, seed), epochs=epochs, lr=lr, weight_decay=0.01,
                warmup=0.05, seed=seed, progress=progress)
 
-# %% ../nbs/79_diffusion.ipynb #5ba82241
+# %% ../nbs/79_diffusion.ipynb #343454c7
 def digit_model(model:nn.Module)->DigitDiffusion:
     "The `DigitDiffusion` inside `model` (itself, or the base of a PeftModel); a clear error otherwise."
     m = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -220,7 +240,7 @@ def sample_digits(model:nn.Module, # a DigitDiffusion, or a PeftModel around one
     model.train(was)
     return torch.cat(out)
 
-# %% ../nbs/79_diffusion.ipynb #b0d2a74f
+# %% ../nbs/79_diffusion.ipynb #dd5e7339
 def scorer_pixels(x01:torch.Tensor)->torch.Tensor:
     "[0, 1] pixels -> what the judge reads (MNIST's standardisation)."
     return (x01 - MNIST_MEAN) / MNIST_STD
@@ -259,7 +279,7 @@ def score_samples(scorer:nn.Module, images:torch.Tensor, # samples in [0, 1]
     if real is not None: r["frechet"] = frechet_distance(image_features(scorer, scorer_pixels(real)), image_features(scorer, scorer_pixels(images)))
     return r
 
-# %% ../nbs/79_diffusion.ipynb #7b504ec5
+# %% ../nbs/79_diffusion.ipynb #5f6ab028
 def save_digit_diffusion(model:DigitDiffusion, folder, **info):
     "The UNet as diffusers stores it (config + safetensors) and `digit_unet.json`: `info`, the caption length and the noise schedule."
     folder = Path(folder); model.unet.save_pretrained(folder)

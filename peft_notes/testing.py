@@ -19,7 +19,11 @@ def default_inputs(model:nn.Module, batch:int=2, seq:int=10)->dict:
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-def _logits(out): return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
+def _logits(out):
+    "The output a check compares: a transformers model's logits, a diffusion model's predicted noise (`sample`), a tuple's first part, or the tensor itself."
+    if hasattr(out, "logits"): return out.logits
+    if torch.is_tensor(getattr(out, "sample", None)): return out.sample
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 def _text_part(y:torch.Tensor, like:torch.Tensor)->torch.Tensor:
     "The positions of `y` that match `like`'s: a causal LM with a soft prompt returns the prompt's logits first, then the text's."
@@ -170,7 +174,8 @@ FINGERPRINT_CONFIG = {   # what a method needs to do something on a 2-layer mode
     "s4": {"strategies": ["AL", "AP", "AP", "PL"]}, "tip_adapter": {"train_keys": True},   # Tip-Adapter-F: the training-free cache has no step to take
     "qa_lora": {"quantization": {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value"]}}}   # INT4 groups must divide the 37-wide MLP's inputs: only the adapted layers
 FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5", **{m: "vit" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact")},
-                   **{m: "clip" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter")}}   # the methods that need another architecture than BERT
+                   **{m: "clip" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter")},
+                   **{m: "unet" for m in ("textual_inversion", "dreambooth", "custom_diffusion", "svdiff")}}   # the methods that need another architecture than BERT
 
 def _harness_numbers()->list:
     "The shared loop (`peft_notes.train.fit`) on a tiny BERT with LoRA: its losses and the trained tensors' norms."
@@ -198,7 +203,7 @@ def _tiny_two_towers(small:dict):
     return m
 
 def fingerprint(method:str, # a registered method, "full" / "head" (the harness's baselines), or "harness" (the training loop itself)
-                arch:str=None, # "bert" (sequence classification), "llama" (causal LM), "t5", "vit" (image classification) or "clip" (two towers); default: BERT unless the method needs another
+                arch:str=None, # "bert" (sequence classification), "llama" (causal LM), "t5", "vit" (image classification), "clip" (two towers) or "unet" (text to image); default: BERT unless the method needs another
                )->str:
     "A short hash of one fixed tiny training step of `method`: equal while the method computes what it computed."
     import hashlib, torch, transformers as T
@@ -214,9 +219,13 @@ def fingerprint(method:str, # a registered method, "full" / "head" (the harness'
                                                                    dropout_rate=0.0, decoder_start_token_id=0)),
              "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**{**small, "intermediate_size": 64}, image_size=16, patch_size=4,   # an MLP of whole 32-wide blocks (FacT)
                                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
-             "clip": lambda: _tiny_two_towers(small)}[arch]()
+             "clip": lambda: _tiny_two_towers(small), "unet": lambda: _tiny_text_to_image(small)}[arch]()
     ids = torch.randint(3, 99, (2, 10), generator=torch.Generator().manual_seed(1)); ids[:, 0], ids[:, -1] = 1, 2
     if arch in ("vit", "clip"): batch = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1])}
+    elif arch == "unet":                                    # DDPM's loss on two noisy images, one caption with the placeholder
+        g = torch.Generator().manual_seed(1)
+        batch = {"pixel_values": torch.rand(2, 1, 16, 16, generator=g) * 2 - 1, "noise": torch.randn(2, 1, 16, 16, generator=g), "timestep": torch.tensor([50, 700]),
+                 **model.tokenize(["a handwritten digit <new>", "a handwritten digit five"])}
     else: batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1]) if arch == "bert" else ids}
     if method in ("full", "head"):
         for n, p in model.named_parameters(): p.requires_grad_(method == "full" or n.startswith(("classifier", "lm_head")))
@@ -232,6 +241,19 @@ def fingerprint(method:str, # a registered method, "full" / "head" (the harness'
     opt.step()
     if hasattr(pm, "after_step"): pm.after_step(0, 1)
     pm.eval()
-    with torch.no_grad(): out = pm(**batch).logits   # with the labels: T5 builds its decoder inputs from them
+    with torch.no_grad(): out = _logits(pm(**batch))   # with the labels: T5 builds its decoder inputs from them
     numbers = [loss.item(), *(p.grad.norm().item() if p.grad is not None else 0.0 for _, p in sorted(params.items())), *out.flatten().tolist()]
     return digest(numbers)
+
+def _tiny_text_to_image(small:dict):
+    "A tiny `DigitDiffusion` (a UNet of widths 8 and 16 and a BERT text tower from configs, the shipped MiniLM's tokenizer, '<new>' taught): what the diffusion methods' fingerprints train."
+    import transformers as T
+    from diffusers import UNet2DConditionModel
+    from peft_notes.diffusion import DigitDiffusion, digit_unet_config
+    from peft_notes.methods.diffusion.few_shot import add_placeholder
+    from peft_notes.models import minilm_path
+    tok = T.AutoTokenizer.from_pretrained(minilm_path())
+    text = T.BertModel(T.BertConfig(**{**small, "vocab_size": tok.vocab_size}, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+    m = DigitDiffusion(UNet2DConditionModel(**digit_unet_config(channels=(8, 16), cross_attention_dim=32, head_dim=4, norm_groups=4)), text, tok, max_tokens=8)
+    add_placeholder(m, "<new>", "digit")
+    return m

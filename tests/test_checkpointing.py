@@ -5,19 +5,23 @@ import pytest, torch
 from peft_notes.core import get_peft_model, list_methods
 from peft_notes.models import tiny_llama
 from peft_notes.testing import default_inputs
-from test_matrix import CONFIG, METHODS, VISION, VL, _with_specials, tiny_qwen2, tiny_t5
+from test_matrix import CONFIG, DIFFUSION, METHODS, VISION, VL, _with_specials, tiny_qwen2, tiny_t5
+from test_diffusion import diffusion_batch, tiny_digit_diffusion
 from test_vision import tiny_clip, vit as tiny_vit64
 
 # a prefix passed as a KV cache: checkpointing re-runs each layer's forward, which would append the prefix to the cache twice
 REFUSED = {"prefix_tuning", "p_tuning_v2", "apt", "unipelt", "mam", "autopeft", "s4", "noah"}
 
-def _model(method): return (tiny_qwen2 if method == "bitfit" else tiny_t5 if method == "xattn_tuning" else tiny_vit64 if method in VISION else tiny_clip if method in VL else tiny_llama)()
+def _model(method): return (tiny_qwen2 if method == "bitfit" else tiny_t5 if method == "xattn_tuning" else tiny_vit64 if method in VISION else tiny_clip if method in VL
+                             else tiny_digit_diffusion if method in DIFFUSION else tiny_llama)()
 
 def _step(method, checkpointing):
     torch.manual_seed(0)
     cfg = {"tip_adapter": lambda: list_methods()["tip_adapter"](train_keys=True)}.get(method) or CONFIG.get((method, "llama"), list_methods()[method])
     pm = get_peft_model(_model(method), cfg())
-    if method in VISION | VL:                # images: a ViT, or the two towers (their image tower)
+    if method in DIFFUSION:                  # a text-to-image model: clean pixels, noise, timesteps, captions -> DDPM's loss
+        batch = diffusion_batch(pm.base_model)
+    elif method in VISION | VL:              # images: a ViT, or the two towers (their image tower)
         batch = {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1, 2])}
     else:
         x = _with_specials(pm) if method == "pasta" else default_inputs(pm)

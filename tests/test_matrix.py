@@ -15,9 +15,11 @@ METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", 
            "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
            "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta", "lq_lora",
-           "adapter_fusion", "spot", "attempt", "mpt", "adamix", "moelora", "vpt", "vpt_deep", "adaptformer", "convpass", "fact", "coop", "cocoop", "clip_adapter", "tip_adapter"]
+           "adapter_fusion", "spot", "attempt", "mpt", "adamix", "moelora", "vpt", "vpt_deep", "adaptformer", "convpass", "fact", "coop", "cocoop", "clip_adapter", "tip_adapter",
+           "textual_inversion", "dreambooth", "custom_diffusion", "svdiff"]
 VISION = {"vpt", "vpt_deep", "adaptformer", "convpass", "fact"}
 VL = {"coop", "cocoop", "clip_adapter", "tip_adapter"}   # two-tower methods: refused here by name; their matrix runs on two two-tower models in tests/test_vision.py   # vision methods: refused here by name on text models; their matrix runs on two ViTs in tests/test_vision.py
+DIFFUSION = {"textual_inversion", "dreambooth", "custom_diffusion", "svdiff"}   # text-to-image methods: refused here by name; their matrix runs on a tiny text-to-image model in tests/test_diffusion.py
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "spot": 5e-2, "attempt": 5e-2, "mpt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 
@@ -61,7 +63,8 @@ TOLERANCES = {"qa_lora": dict(atol=1e-3, base_atol=1e-4)}
 REFUSED = {("llama_adapter", "bert"): "LLaMA-style attention", ("llama_adapter", "gpt2"): "LLaMA-style attention",
            **{("xattn_tuning", a): "needs an encoder–decoder" for a in ("bert", "llama", "gpt2")},   # its matrix runs on T5 and BART: tests/test_selective.py
            **{(m, a): "needs a vision transformer" for m in VISION for a in ("bert", "llama", "gpt2")},
-           **{(m, a): "two-tower" for m in VL for a in ("bert", "llama", "gpt2")}}
+           **{(m, a): "two-tower" for m in VL for a in ("bert", "llama", "gpt2")},
+           **{(m, a): "text-to-image model|diffusers UNet" for m in DIFFUSION for a in ("bert", "llama", "gpt2")}}
 
 def test_every_registered_method_is_in_the_matrix():
     "Every method the package registers (tests may register methods of their own in the same process: not counted)."
@@ -89,7 +92,7 @@ def test_llama_adapter_on_mistral():
     r = check_method(list_methods()["llama_adapter"], make)
     assert r["init_max_diff"] == 0.0 and r["mixed_batch_max_diff"] <= 1e-5 and r["loss_after"] < r["loss_before"]
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in VISION | VL])   # the vision methods' bf16 check: tests/test_vision.py::test_bf16_base
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in VISION | VL | DIFFUSION])   # the vision methods' bf16 check: tests/test_vision.py::test_bf16_base; the diffusion methods': tests/test_diffusion.py
 def test_half_precision_base(method):
     "Every method trains in fp32 over a bf16 base (as PEFT's autocast_adapter_dtype): its trainable tensors and their gradients are fp32, the base stays bf16, and the output comes back in bf16."
     import torch

@@ -65,7 +65,7 @@ def saved_config(self:PeftModel, adapter_name:str=None)->PeftConfig:
     "The config of `adapter_name` (default: active) as saved: with the training state its method declares, and the base's name."
     ctx = self.adapter_context(adapter_name); cfg = ctx.config
     base = cfg.base_model_name_or_path or getattr(getattr(self.base_model, "config", None), "_name_or_path", None) or None
-    return replace(cfg, **cfg.saved_state(ctx), base_model_name_or_path=base)
+    return replace(cfg, **cfg.saved_state(ctx), base_model_name_or_path=None if base is None else str(base))   # a diffusers model's is the Path it was loaded from
 
 @patch
 def save_adapter(self:PeftModel, save_directory, # folder to write (created if missing)

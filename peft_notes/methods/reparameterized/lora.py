@@ -14,7 +14,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 from fastcore.basics import patch
 from ...core import hf_base_fields, hf_common_kwargs, refuse_unsupported
-from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, layer_input, list_methods, register_method
+from ...core import AdapterLayer, LinearAdapterLayer, ModulesToSave, PeftConfig, QV_TARGETS, UNET_ATTENTION, layer_input, list_methods, register_method
 
 # %% ../../../nbs/10_lora.ipynb #738ead2d
 class LoraLayer(LinearAdapterLayer):
@@ -68,7 +68,7 @@ class LoraConfig(PeftConfig):
     use_rslora: bool = False # scale by alpha/sqrt(r) (Kalajdzievski 2023)
     init_lora_weights: Union[bool, str] = True # True (B = 0), "gaussian", "pissa", "pissa_niter_K", "olora", or False (B random: not identity at init)
     layer_cls: ClassVar[type] = LoraLayer
-    default_target_modules: ClassVar[dict] = QV_TARGETS
+    default_target_modules: ClassVar[dict] = {**QV_TARGETS, **UNET_ATTENTION}   # q, v of a transformer; all four attention projections of a diffusers UNet
 
     def validate(self):
         super().validate()
