@@ -139,3 +139,48 @@ def test_stored_base_draws_reproducibly_and_refuses_bad_prompts(root):
         sample_digits(model, ["a handwritten digit <digit-5>"], seed=3)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and not model.training
 
+
+def test_unet_lora_in_diffusers_layout_both_ways(tmp_path):
+    "diffusers itself is the oracle: a UNet that loads our file (load_lora_adapter) gives our outputs; a LoRA diffusers made (add_adapter, save_lora_adapter) gives its outputs here."
+    pytest.importorskip("peft")
+    from peft import LoraConfig as PeftLora
+    from peft_notes.core import get_peft_model
+    from peft_notes.reparam import LoraConfig
+    from peft_notes.methods.diffusion.few_shot import from_diffusers_lora, to_diffusers_lora
+    ours = get_peft_model(tiny_digit_diffusion(), LoraConfig(r=4, alpha=8, init_lora_weights=False))
+    x = diffusion_inputs(ours.base_model)
+    with torch.no_grad():
+        states = ours.base_model.encode(x["input_ids"], x["attention_mask"])
+        y = ours(**x).sample
+    to_diffusers_lora(ours, tmp_path / "ours")
+    unet = tiny_digit_diffusion().unet
+    unet.load_lora_adapter(str(tmp_path / "ours"), prefix=None, adapter_name="ours", weight_name="pytorch_lora_weights.safetensors")
+    with torch.no_grad(): theirs = unet(x["sample"], x["timestep"], encoder_hidden_states=states, encoder_attention_mask=x["attention_mask"]).sample
+    torch.testing.assert_close(theirs, y, atol=1e-5, rtol=0)
+    unet = tiny_digit_diffusion().unet
+    torch.manual_seed(3); unet.add_adapter(PeftLora(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    unet.save_lora_adapter(str(tmp_path / "theirs"))
+    with torch.no_grad(): y = unet(x["sample"], x["timestep"], encoder_hidden_states=states, encoder_attention_mask=x["attention_mask"]).sample
+    back = from_diffusers_lora(tiny_digit_diffusion(), tmp_path / "theirs")
+    with torch.no_grad(): torch.testing.assert_close(back(**x).sample, y, atol=1e-5, rtol=0)
+    assert back.peft_config["default"].r == 4 and back.peft_config["default"].alpha == 8
+
+def test_few_shot_bench_tiny(tmp_path, root):
+    "bench/diffusion_few_shot.py at a tiny size: the base's row and one method's, rows and seed 0's samples stored, a second call resumes."
+    out = tmp_path / "fs.json"
+    cmd = [sys.executable, str(root / "bench" / "diffusion_few_shot.py"), "--methods", "base", "svdiff", "--seeds", "0", "--steps", "3", "--samples", "25",
+           "--workers", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(x["method"] for x in rows) == ["base", "svdiff"]
+    sv = next(x for x in rows if x["method"] == "svdiff")
+    assert sv["steps"] == 3 and sv["prior"] is True
+    from peft_notes.core import get_peft_model, list_methods
+    from peft_notes.diffusion import load_digit_diffusion
+    assert sv["trainable"] == get_peft_model(load_digit_diffusion(root / "nbs" / "assets" / "digit_unet")[0], list_methods()["svdiff"]()).trainable_report().trainable
+    assert 0 <= sv["five_accuracy"] <= 1 and sv["adapter_bytes"] > 0 and next(x for x in rows if x["method"] == "base")["trainable"] == 0
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "fs_samples.safetensors"))["svdiff/fives"].shape == (20, 1, 16, 16)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)    # everything done: nothing runs again
+    assert r.returncode == 0 and len(json.loads(out.read_text())["rows"]) == 2 and "seed" not in r.stdout

@@ -85,7 +85,11 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
                          "code_since": "f76580e"},   # f76580e added lora_rank (the "+lora" kinds): with lora_rank 0, the connector-only runs compute as before
     "mllm_digits_lora.json": {"methods": ["llama_adapter"],   # the bench records llama_adapter's fingerprint only: LoRA's code is watched as a file
                               "code": ["bench/mllm_connectors.py", "peft_notes/multimodal_llm.py", "peft_notes/foundations.py", "peft_notes/vision.py",
-                                       "peft_notes/methods/reparameterized/lora.py", "nbs/assets/digit_vit/digit_vit.json", "nbs/assets/char_llama/char_llama.json"]},
+                                       "peft_notes/methods/reparameterized/lora.py", "nbs/assets/digit_vit/digit_vit.json", "nbs/assets/char_llama/char_llama.json"],
+                              "code_since": "ff43767"},   # ff43767 gave LoRA default targets on a diffusers UNet: on the LLaMA it computes as before
+    "diffusion_few_shot.json": {"methods": ["custom_diffusion", "dreambooth", "lora", "svdiff", "textual_inversion"],
+                                "code": ["bench/diffusion_few_shot.py", "peft_notes/diffusion.py", "peft_notes/methods/diffusion/few_shot.py::few_shot_loader",
+                                         "nbs/assets/digit_unet/digit_unet.json", "nbs/assets/digit_scorer/digit_vit.json"]},
     "clip_fewshot.json": {"methods": ["coop", "cocoop", "clip_adapter", "tip_adapter", "harness"],
                           "code": ["bench/clip_fewshot.py", "peft_notes/multimodal.py", "peft_notes/vision.py", "nbs/assets/digit_clip/digit_clip.json", "nbs/assets/digit_vit/digit_vit.json"]},
 }
