@@ -184,3 +184,13 @@ def test_few_shot_bench_tiny(tmp_path, root):
     assert load_file(str(tmp_path / "fs_samples.safetensors"))["svdiff/fives"].shape == (20, 1, 16, 16)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)    # everything done: nothing runs again
     assert r.returncode == 0 and len(json.loads(out.read_text())["rows"]) == 2 and "seed" not in r.stdout
+
+def test_full_dreambooth_is_refused_by_peft_export_and_its_lora_form_exports(tmp_path):
+    from peft_notes.core import get_peft_model
+    from peft_notes.interop import to_hf_peft
+    from peft_notes.methods.diffusion.few_shot import DreamBoothConfig
+    with pytest.raises(ValueError, match="r = 0.*no Hugging Face PEFT counterpart"):
+        to_hf_peft(get_peft_model(tiny_digit_diffusion(), DreamBoothConfig()), tmp_path / "full")
+    assert not (tmp_path / "full").exists()
+    to_hf_peft(get_peft_model(tiny_digit_diffusion(), DreamBoothConfig(r=4)), tmp_path / "lora")
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["peft_type"] == "LORA"

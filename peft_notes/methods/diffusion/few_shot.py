@@ -7,7 +7,7 @@ __all__ = ['PLACEHOLDER', 'DIFFUSERS_LORA_FILE', 'text_parts', 'PlaceholderEmbed
            'TextualInversionConfig', 'unet_modules', 'DreamBoothConfig', 'few_shot_loader', 'CustomDiffusionConfig',
            'SpectralShiftLayer', 'svdiff_params', 'SVDiffConfig', 'to_diffusers_lora', 'from_diffusers_lora']
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #c735f33c
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #664835af
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Optional
@@ -19,7 +19,7 @@ from ...core.layer import base_of, train_dtype
 from ..selective.sparse import SparseDeltaLayer
 from ..reparameterized.lora import LoraConfig
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #12483161
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #20a95d20
 PLACEHOLDER = re.compile(r"<[^<>\s]+>")   # a placeholder token: one word in angle brackets
 
 def text_parts(model:nn.Module, what:str)->tuple:
@@ -109,7 +109,7 @@ class TextualInversionConfig(PeftConfig):
         _, _, path = text_parts(ctx.base, self.method)
         ctx.wrap(path, rows=[add_placeholder(ctx.base, self.placeholder_token, self.initializer_token, ctx)])
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #95a76e57
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #c482c313
 def unet_modules(model:nn.Module, types:tuple, what:str)->list:
     "Paths of the modules of `types` inside the model's UNet (`model.unet`, or the model itself when it is a diffusers model); a clear error for any other model."
     if hasattr(model, "unet"): inside = lambda n: n.startswith("unet.")
@@ -135,6 +135,11 @@ class DreamBoothConfig(LoraConfig):
         if self.prior_loss_weight < 0: raise ValueError(f"DreamBoothConfig.prior_loss_weight must be at least 0, got {self.prior_loss_weight}")
 
     def can_merge(self, model)->bool: return True
+
+    def to_hf(self, ctx, tensors:dict):
+        "The LoRA form exports as PEFT's LoRA; the full form has no PEFT counterpart."
+        if self.r == 0: raise ValueError("dreambooth with r = 0 (a delta of every UNet tensor) has no Hugging Face PEFT counterpart; its LoRA form (r > 0) exports as PEFT's LoRA")
+        return super().to_hf(ctx, tensors)
 
     def inject(self, ctx):
         mods = unet_modules(ctx.base, (nn.Module,), self.method)          # a diffusion method: refused by name on any other model
@@ -176,7 +181,7 @@ def few_shot_loader(model:nn.Module, # the DigitDiffusion (or a PeftModel around
         return {**b, **dm.tokenize(ps)}
     return DataLoader(range(steps), batch_size=1, collate_fn=collate)
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #5a2cb13f
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #3f8a9e5c
 @register_method("custom_diffusion")
 @dataclass
 class CustomDiffusionConfig(PeftConfig):
@@ -201,7 +206,7 @@ class CustomDiffusionConfig(PeftConfig):
             _, _, path = text_parts(ctx.base, self.method)
             ctx.wrap(path, layer_cls=TokenRowsLayer, rows=[add_placeholder(ctx.base, self.modifier_token, self.initializer_token, ctx)])
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #5ebeae6f
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #1f161d14
 class SpectralShiftLayer(AdapterLayer):
     "A linear or convolutional layer whose weight W = U diag(σ) Vᵀ (a kernel flattened to out × in·k·k) becomes U diag(ReLU(σ + δ)) Vᵀ: each adapter learns the shifts δ."
     adapter_layer_names = ("spectral_shift",)
@@ -248,7 +253,7 @@ class SVDiffConfig(PeftConfig):
         for n in names:
             if not match_name(n, self.exclude_modules): ctx.wrap(n)
 
-# %% ../../../nbs/79b_few_shot_diffusion.ipynb #d4c669fd
+# %% ../../../nbs/79b_few_shot_diffusion.ipynb #fe76bf6d
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"   # the file diffusers' save_lora_adapter writes
 
 def to_diffusers_lora(model:nn.Module, # a PeftModel of ours with a LoRA on the UNet of a text-to-image model (`unet`)
