@@ -118,11 +118,13 @@ def check_method(make_config, # () -> a fresh config of the method
                  lr:float=1e-2, # Adam learning rate of the loss check
                  atol:float=1e-5, # tolerance of merged vs unmerged outputs
                  oracle=None, # optional (peft_model, inputs) -> None, e.g. a cross-check against HF PEFT
+                 adapter_inputs=None, # model -> keywords only the adapter reads (a control image): given with every call to the PeftModel, never to the bare base
                  seed:int=0)->dict:
     "Apply the shared test matrix to one method on one model; raise on the first failure, return what was measured."
     torch.manual_seed(seed); base = make_model().eval()
     inputs = make_inputs(base)
     with torch.no_grad(): y0 = _logits(base(**inputs)).clone()
+    if adapter_inputs is not None: inputs = {**inputs, **adapter_inputs(base)}
     pm = get_peft_model(base, make_config())
     if pm.peft_config["default"].rebuilds_base:                      # the injection replaced base modules (quantized them): that is the base now
         with torch.no_grad(), pm.disable_adapter(): y0 = _logits(pm.eval()(**inputs)).clone()
@@ -175,7 +177,7 @@ FINGERPRINT_CONFIG = {   # what a method needs to do something on a 2-layer mode
     "qa_lora": {"quantization": {"quant_type": "int4", "block_size": 16, "zero_point": True, "target_modules": ["query", "value"]}}}   # INT4 groups must divide the 37-wide MLP's inputs: only the adapted layers
 FINGERPRINT_ARCH = {"llama_adapter": "llama", "xattn_tuning": "t5", **{m: "vit" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact")},
                    **{m: "clip" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter")},
-                   **{m: "unet" for m in ("textual_inversion", "dreambooth", "custom_diffusion", "svdiff")}}   # the methods that need another architecture than BERT
+                   **{m: "unet" for m in ("textual_inversion", "dreambooth", "custom_diffusion", "svdiff", "controlnet", "t2i_adapter", "ip_adapter")}}   # the methods that need another architecture than BERT
 
 def _harness_numbers()->list:
     "The shared loop (`peft_notes.train.fit`) on a tiny BERT with LoRA: its losses and the trained tensors' norms."
@@ -226,6 +228,9 @@ def fingerprint(method:str, # a registered method, "full" / "head" (the harness'
         g = torch.Generator().manual_seed(1)
         batch = {"pixel_values": torch.rand(2, 1, 16, 16, generator=g) * 2 - 1, "noise": torch.randn(2, 1, 16, 16, generator=g), "timestep": torch.tensor([50, 700]),
                  **model.tokenize(["a handwritten digit <new>", "a handwritten digit five"])}
+        kws = getattr(list_methods().get(method), "call_keywords", ())      # a control method's condition: an edge-like map, an image embedding
+        if "control_image" in kws: batch["control_image"] = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
+        if "image_embeds" in kws: batch["image_embeds"] = torch.randn(2, 64, generator=g)
     else: batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1]) if arch == "bert" else ids}
     if method in ("full", "head"):
         for n, p in model.named_parameters(): p.requires_grad_(method == "full" or n.startswith(("classifier", "lm_head")))

@@ -53,7 +53,7 @@ REFUSED = {("bitfit", n): "owns a bias" for n in NO_BIAS} | {
     ("s4", n): "owns a bias" for n in NO_BIAS} | {("s4", "vit"): "no token embedding table"} | {   # its default uses BitFit and a prefix
     (m, n): "needs a vision transformer" for m in ("vpt", "vpt_deep", "adaptformer", "convpass", "fact") for n in ARCHS if n != "vit"} | {
     ("fact", "vit"): "cuts weights into 32×32 blocks"} | {(m, n): "two-tower" for m in ("coop", "cocoop", "clip_adapter", "tip_adapter") for n in ARCHS} | {
-    (m, n): "text-to-image model|diffusers UNet" for m in ("textual_inversion", "dreambooth", "custom_diffusion", "svdiff") for n in ARCHS}   # this tiny ViT's 37-wide MLP is no whole number of blocks (tests/test_vision.py runs FacT on one that is)
+    (m, n): "text-to-image model|diffusers UNet" for m in ("textual_inversion", "dreambooth", "custom_diffusion", "svdiff", "controlnet", "t2i_adapter", "ip_adapter") for n in ARCHS}   # this tiny ViT's 37-wide MLP is no whole number of blocks (tests/test_vision.py runs FacT on one that is)
 # NOAH runs on the ViT: its prompt module is VPT's there (a length per layer), as in its paper
 INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xprompt", "apt", "unipelt", "mam", "s4", "noah", "vpt", "vpt_deep"}   # they change the inputs (the hybrids through their prefix): something new to read from the start
 
@@ -62,7 +62,7 @@ INPUTS_KIND = {"prompt_tuning", "prefix_tuning", "p_tuning", "p_tuning_v2", "xpr
                                     "houlsby", "pfeiffer", "residual_adapter", "parallel_adapter", "compacter",
                                     "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
                                     "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "vpt", "vpt_deep", "adaptformer", "convpass", "fact", "coop", "cocoop", "clip_adapter", "tip_adapter",
-                                    "textual_inversion", "dreambooth", "custom_diffusion", "svdiff"])
+                                    "textual_inversion", "dreambooth", "custom_diffusion", "svdiff", "controlnet", "t2i_adapter", "ip_adapter"])
 def test_every_method_with_its_defaults(method, name):
     "list_methods()[m]() needs no argument on the common architectures, and disabling gives the base back."
     from peft_notes.core import list_methods

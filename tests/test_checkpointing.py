@@ -7,6 +7,7 @@ from peft_notes.models import tiny_llama
 from peft_notes.testing import default_inputs
 from test_matrix import CONFIG, DIFFUSION, METHODS, VISION, VL, _with_specials, tiny_qwen2, tiny_t5
 from test_diffusion import diffusion_batch, tiny_digit_diffusion
+from test_diffusion_control import CONDITION
 from test_vision import tiny_clip, vit as tiny_vit64
 
 # a prefix passed as a KV cache: checkpointing re-runs each layer's forward, which would append the prefix to the cache twice
@@ -20,7 +21,7 @@ def _step(method, checkpointing):
     cfg = {"tip_adapter": lambda: list_methods()["tip_adapter"](train_keys=True)}.get(method) or CONFIG.get((method, "llama"), list_methods()[method])
     pm = get_peft_model(_model(method), cfg())
     if method in DIFFUSION:                  # a text-to-image model: clean pixels, noise, timesteps, captions -> DDPM's loss
-        batch = diffusion_batch(pm.base_model)
+        batch = {**diffusion_batch(pm.base_model), **CONDITION.get(method, lambda m: {})(pm)}   # a control method's condition beside it
     elif method in VISION | VL:              # images: a ViT, or the two towers (their image tower)
         batch = {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1, 2])}
     else:

@@ -16,10 +16,10 @@ METHODS = ["lora", "dora", "adalora", "dylora", "sora", "vera", "loha", "lokr", 
            "p_tuning", "p_tuning_v2", "xprompt", "apt", "llama_adapter", "ssf", "mov", "pasta", "ln_tuning", "partial", "fish_mask", "lt_sft", "child_tuning", "xattn_tuning", "diff_pruning", "far", "spt",
            "unipelt", "mam", "propetl", "autopeft", "s4", "noah", "qlora", "loftq", "qa_lora", "qdylora", "peqa", "ir_qlora", "bitdelta", "lq_lora",
            "adapter_fusion", "spot", "attempt", "mpt", "adamix", "moelora", "vpt", "vpt_deep", "adaptformer", "convpass", "fact", "coop", "cocoop", "clip_adapter", "tip_adapter",
-           "textual_inversion", "dreambooth", "custom_diffusion", "svdiff"]
+           "textual_inversion", "dreambooth", "custom_diffusion", "svdiff", "controlnet", "t2i_adapter", "ip_adapter"]
 VISION = {"vpt", "vpt_deep", "adaptformer", "convpass", "fact"}
 VL = {"coop", "cocoop", "clip_adapter", "tip_adapter"}   # two-tower methods: refused here by name; their matrix runs on two two-tower models in tests/test_vision.py   # vision methods: refused here by name on text models; their matrix runs on two ViTs in tests/test_vision.py
-DIFFUSION = {"textual_inversion", "dreambooth", "custom_diffusion", "svdiff"}   # text-to-image methods: refused here by name; their matrix runs on a tiny text-to-image model in tests/test_diffusion.py
+DIFFUSION = {"textual_inversion", "dreambooth", "custom_diffusion", "svdiff", "controlnet", "t2i_adapter", "ip_adapter"}   # text-to-image methods: refused here by name; their matrix runs on a tiny text-to-image model in tests/test_diffusion.py and tests/test_diffusion_control.py
 LR = {"diff_pruning": 5e-2, "far": 5e-2, "spt": 5e-2, "ln_tuning": 5e-2, "partial": 5e-2, "fish_mask": 5e-2, "lt_sft": 5e-2, "ia3": 5e-2, "bitfit": 5e-2, "prompt_tuning": 5e-2, "prefix_tuning": 5e-2, "p_tuning": 1e-2, "p_tuning_v2": 5e-2, "xprompt": 5e-2,
       "apt": 5e-2, "spot": 5e-2, "attempt": 5e-2, "mpt": 5e-2, "ssf": 5e-2, "mov": 5e-2, "pasta": 5e-2}
 
