@@ -90,6 +90,9 @@ MEASURES = {  # result -> the methods it measured (rows: each row's method and t
     "diffusion_few_shot.json": {"methods": ["custom_diffusion", "dreambooth", "lora", "svdiff", "textual_inversion"],
                                 "code": ["bench/diffusion_few_shot.py", "peft_notes/diffusion.py", "peft_notes/methods/diffusion/few_shot.py::few_shot_loader",
                                          "nbs/assets/digit_unet/digit_unet.json", "nbs/assets/digit_scorer/digit_vit.json"]},
+    "diffusion_control.json": {"methods": ["controlnet", "ip_adapter", "t2i_adapter"],
+                               "code": ["bench/diffusion_control.py", "peft_notes/diffusion.py", "peft_notes/methods/diffusion/control.py",
+                                        "nbs/assets/digit_unet/digit_unet.json", "nbs/assets/digit_scorer/digit_vit.json", "nbs/assets/digit_vit/digit_vit.json"]},
     "clip_fewshot.json": {"methods": ["coop", "cocoop", "clip_adapter", "tip_adapter", "harness"],
                           "code": ["bench/clip_fewshot.py", "peft_notes/multimodal.py", "peft_notes/vision.py", "nbs/assets/digit_clip/digit_clip.json", "nbs/assets/digit_vit/digit_vit.json"]},
 }
