@@ -23,6 +23,7 @@ if __name__ == "__main__":
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--samples", type=int, default=100, help="samples of each new digit, and of 0-4 together, scored after training")
+    ap.add_argument("--ddim-steps", type=int, default=25, help="DDIM steps a sample (the chapters' 25; fewer only to test the script quickly)")
     ap.add_argument("--base", default="nbs/assets/digit_unet")
     ap.add_argument("--judge", default="nbs/assets/digit_scorer")
     ap.add_argument("--out", default="nbs/assets/digit_loras")
@@ -43,7 +44,7 @@ if __name__ == "__main__":
     w = info["chapter_sample"]["guidance"]
     digits = digit_split(*mnist_images())
     cls_prompts = [caption(d) for d in range(5) for _ in range(8)]
-    cls_imgs = to_model(sample_digits(base, cls_prompts, seed=1, guidance=w))
+    cls_imgs = to_model(sample_digits(base, cls_prompts, seed=1, guidance=w, steps=a.ddim_steps))
     out, record = Path(a.out), {"provenance": prov, "protocol": {k: v for k, v in vars(a).items() if k not in ("out", "threads")}, "loras": {}}
     asked = torch.arange(5).repeat_interleave(a.samples // 5)
     for d in a.digits:
@@ -55,8 +56,8 @@ if __name__ == "__main__":
                 warmup=0.05, seed=0, progress=False)
         seconds = time.perf_counter() - t0
         pm.eval()
-        new = (read_digits(judge, sample_digits(pm, [caption(d)] * a.samples, seed=0, guidance=w)) == d).float().mean().item()
-        old = (read_digits(judge, sample_digits(pm, [caption(int(k)) for k in asked], seed=0, guidance=w)) == asked).float().mean().item()
+        new = (read_digits(judge, sample_digits(pm, [caption(d)] * a.samples, seed=0, guidance=w, steps=a.ddim_steps)) == d).float().mean().item()
+        old = (read_digits(judge, sample_digits(pm, [caption(int(k)) for k in asked], seed=0, guidance=w, steps=a.ddim_steps)) == asked).float().mean().item()
         name = DIGIT_NAMES[d]
         pm.save_adapter(out / name)
         base = pm.unload()                                              # the base again, for the next digit
@@ -78,8 +79,8 @@ if __name__ == "__main__":
                                   ("both, weights 0.5 and 0.5", ["five", "six"], [0.5, 0.5]), ("merged (cat, rank 8)", ["five_six"], None),
                                   ("merged (svd, rank 4)", ["five_six_r4"], None)]:
         set_adapters(pm, names, weights)
-        r5, r6 = (read_digits(judge, sample_digits(pm, [caption(d)] * a.samples, seed=0, guidance=w)) for d in (5, 6))
-        old = (read_digits(judge, sample_digits(pm, [caption(int(k)) for k in asked], seed=0, guidance=w)) == asked).float().mean().item()
+        r5, r6 = (read_digits(judge, sample_digits(pm, [caption(d)] * a.samples, seed=0, guidance=w, steps=a.ddim_steps)) for d in (5, 6))
+        old = (read_digits(judge, sample_digits(pm, [caption(int(k)) for k in asked], seed=0, guidance=w, steps=a.ddim_steps)) == asked).float().mean().item()
         record["combinations"][label] = {"asked five: a five": (r5 == 5).float().mean().item(), "asked five: a six": (r5 == 6).float().mean().item(),
                                          "asked six: a six": (r6 == 6).float().mean().item(), "asked six: a five": (r6 == 5).float().mean().item(), "asked 0-4: right": old}
         print(label, {k: round(v, 2) for k, v in record["combinations"][label].items()}, flush=True)

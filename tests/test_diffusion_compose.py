@@ -48,7 +48,7 @@ def test_the_lora_pair_bench_runs_at_a_tiny_size(root, tmp_path):
     import warnings
     from peft_notes.core import PeftModel
     from peft_notes.diffusion import load_digit_diffusion
-    cmd = [sys.executable, str(root / "bench" / "digit_lora_pair.py"), "--steps", "2", "--samples", "5", "--threads", "1", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(root / "bench" / "digit_lora_pair.py"), "--steps", "2", "--samples", "5", "--ddim-steps", "2", "--threads", "1", "--out", str(tmp_path)]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / "digit_loras.json").read_text())

@@ -1,12 +1,14 @@
 """The inputs kind, proven by prompt tuning and prefix tuning: Hugging Face PEFT as the oracle both ways on causal LMs
 (forward logits), generation with a KV cache on left-padded batches against each prompt alone, encoder classification
 on the shipped MiniLM, composition with a layer method, and the errors that name what is wrong."""
+import json
 import pytest, torch
 import transformers as T
 peft = pytest.importorskip("peft")  # dev extra; `make test` installs it, so this never skips there
 from peft_notes.core import PeftModel, get_peft_model
 from peft_notes.interop import from_hf_peft, to_hf_peft
-from peft_notes.models import load_minilm, minilm_path, tiny_gpt2, tiny_llama
+from peft_notes.models import load_minilm, minilm_path, tiny_bert, tiny_gpt2, tiny_llama
+from peft_notes.testing import default_inputs
 from peft_notes.methods.additive.prompts import PrefixTuningConfig, PromptTuningConfig, prefix_tuning_params
 from peft_notes.reparam import LoraConfig
 from peft_notes.testing import check_method
@@ -137,3 +139,33 @@ def test_errors_name_the_problem():
     with pytest.raises(TypeError, match="merged"): pm.merge_adapter()
     pf = get_peft_model(tiny_llama(), PrefixTuningConfig(num_virtual_tokens=3)).eval()
     with pytest.raises(ValueError, match="its own KV cache"): pf(x, cache=T.DynamicCache())
+
+def _gpt2_cls():
+    "A tiny GPT-2 with a classification head, the same weights at every call."
+    torch.manual_seed(0)
+    return T.GPT2ForSequenceClassification(T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64, num_labels=2, pad_token_id=0)).eval()
+
+@pytest.mark.parametrize("method,make", [("prompt_tuning", tiny_bert), ("p_tuning", tiny_bert), ("prefix_tuning", _gpt2_cls)])
+def test_a_trained_classification_head_travels_with_a_prompt_method_both_ways(method, make, tmp_path):
+    "PEFT runs prompt methods on the task model itself: the head is `base_model.classifier`/`score` in its file (not `base_model.model.…`). Ours loads in PEFT's task model with the same logits, and PEFT's own save loads here, the head with it (the issue's KeyError: 'base_model.classifier.weight')."
+    from peft_notes.core import list_methods
+    torch.manual_seed(0)
+    ours = get_peft_model(make(), list_methods()[method](num_virtual_tokens=4, modules_to_save=[head := "score" if make is _gpt2_cls else "classifier"]))
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad: p.add_(torch.randn_like(p) * 0.1)
+    x = default_inputs(ours); ours.eval()
+    with torch.no_grad(): y = ours(**x).logits
+    to_hf_peft(ours, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    from safetensors.torch import load_file
+    assert f"base_model.{head}.weight" in load_file(str(tmp_path / "ours" / "adapter_model.safetensors"))
+    if method == "prefix_tuning":   # PEFT 0.21 looks for `past_key_values` in a classifier's forward, which transformers 5 names `cache`: our file read back by ours
+        back = from_hf_peft(make(), tmp_path / "ours").eval()
+    else:
+        theirs = peft.PeftModel.from_pretrained(make(), tmp_path / "ours").eval()
+        with torch.no_grad(): torch.testing.assert_close(theirs(**x).logits, y, atol=1e-6, rtol=0)
+        theirs.save_pretrained(tmp_path / "theirs")
+        back = from_hf_peft(make(), tmp_path / "theirs").eval()
+    assert back.peft_config["default"].modules_to_save == [head]
+    with torch.no_grad(): torch.testing.assert_close(back(**x).logits, y, atol=1e-6, rtol=0)

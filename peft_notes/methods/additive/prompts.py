@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from transformers import DynamicCache
-from ...core import InputsAdapter, PeftConfig, cache_arg, check_positions, config_value, register_method, token_embedding
+from ...core import InputsAdapter, PeftConfig, cache_arg, check_positions, config_value, register_method, saved_heads, token_embedding
 from ...core.layer import train_dtype
 
 # %% ../../../nbs/21_prompts.ipynb #6b7c6087
@@ -224,7 +224,7 @@ def from_hf_prompt(d:dict, tensors:dict, what:str)->dict:
     if "prompt_embeddings" not in tensors: raise ValueError(f"this PEFT {what} file has no prompt_embeddings")
     if (n := d.get("num_virtual_tokens")) != tensors["prompt_embeddings"].shape[0]:
         raise ValueError(f"num_virtual_tokens={n} but prompt_embeddings has {tensors['prompt_embeddings'].shape[0]} rows")
-    return dict(num_virtual_tokens=n, base_model_name_or_path=d.get("base_model_name_or_path"))
+    return dict(num_virtual_tokens=n, base_model_name_or_path=d.get("base_model_name_or_path"), modules_to_save=saved_heads(d, tensors))   # a trained head (PEFT's task type's) comes back as ours
 
 @patch
 def to_hf(self:PromptTuningConfig, ctx, tensors:dict)->tuple[dict, dict]:
